@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything isogroup needs on a Debian 12 machine, into the system (apt) and into ./.venv (pip).
+#   scripts/setup.sh          runtime: libvirt-python's build deps, lxml, pyudev, isogroup itself
+#   scripts/setup.sh --test   also the test tools and the real-kernel test bed (QEMU, busybox, a kernel)
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) want_test=1 ;;
+        *) echo "usage: scripts/setup.sh [--test]" >&2; exit 2 ;;
+    esac
+done
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
+if [ "$want_test" -eq 1 ]; then
+    # shellcheck source=scripts/vm-packages.txt
+    mapfile -t vm_pkgs < <(grep -v '^#' scripts/vm-packages.txt | grep -v '^$')
+    apt_pkgs+=("${vm_pkgs[@]}")
+fi
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+if [ "$want_test" -eq 1 ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    tests/vm/fetch-kernel.sh
+else
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+fi
