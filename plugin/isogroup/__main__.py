@@ -1,0 +1,5 @@
+import sys
+
+from isogroup.cli import main
+
+sys.exit(main())

@@ -1,0 +1,134 @@
+"""The `isogroup` command line. Each subcommand is a small function; errors map to exit codes in one place."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from isogroup import __version__, report, snapshot
+from isogroup.address import PciAddress
+from isogroup.domainxml import DomainSpec, parse_domain
+from isogroup.errors import ExitCode, InputError, IsogroupError
+from isogroup.hostscan import read_topology
+from isogroup.model import HostTopology
+from isogroup.planner import plan
+from isogroup.sysfs import Sysfs
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; make its message one line like ours."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"isogroup: {message} (see 'isogroup --help')\n")
+        sys.exit(ExitCode.INPUT)
+
+
+def _add_host_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
+    src.add_argument("--sysfs", type=Path, metavar="DIR", help="a tree laid out like /sys (default: /sys)")
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def load_host(args: argparse.Namespace, scope: Iterable[PciAddress] | None = None) -> HostTopology:
+    if args.host is not None:
+        return snapshot.load(args.host)
+    root = args.sysfs if args.sysfs is not None else Path("/sys")
+    if not (root / "bus").is_dir():
+        raise InputError(f"{root} does not look like sysfs (no bus/ directory)")
+    return read_topology(Sysfs(root), scope)
+
+
+def _read_domain_file(path: Path) -> DomainSpec:
+    try:
+        data = path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_domain(data, origin=str(path))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    domains = [_read_domain_file(p) for p in args.domains]
+    scope = {r.address for d in domains for r in d.pci}
+    host = load_host(args, scope)
+    plans = [plan(d, host) for d in domains]
+    if args.format == "json":
+        sys.stdout.write(report.dumps(report.plans_to_json(plans)))
+    else:
+        sys.stdout.write(report.plans_to_text(plans))
+    return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    host = load_host(args)
+    if args.format == "json":
+        sys.stdout.write(report.dumps(report.groups_to_json(host)))
+    else:
+        sys.stdout.write(report.groups_to_text(host))
+    return ExitCode.OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    text = snapshot.dumps(load_host(args))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text)
+        except OSError as exc:
+            raise InputError(f"cannot write {args.output}: {exc.strerror}") from None
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="isogroup",
+        description="Give a guest whole IOMMU groups, safely, and put them back.",
+        epilog="Exit codes: 0 ok, 1 refused, 2 bad input or usage, 3 host write failed (rolled back), "
+        "4 state ledger unusable.",
+    )
+    parser.add_argument("--version", action="version", version=f"isogroup {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("check", help="can these domains start? (exit 0 yes, 1 refused, 2 bad input)")
+    p.add_argument("domains", nargs="+", type=Path, metavar="DOMAIN.xml")
+    _add_host_options(p)
+    _add_format(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("groups", help="list every IOMMU group, its members, and whether VFIO can use it")
+    _add_host_options(p)
+    _add_format(p)
+    p.set_defaults(func=cmd_groups)
+
+    p = sub.add_parser("snapshot", help="capture the host's PCI topology as JSON, for --host")
+    _add_host_options(p)
+    p.add_argument("-o", "--output", type=Path, metavar="FILE")
+    p.set_defaults(func=cmd_snapshot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except IsogroupError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"isogroup: {exc}\n")
+        return int(exc.exit_code)
+    except BrokenPipeError:
+        return ExitCode.OK
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""One error hierarchy for the whole project; the CLI and the hook map its classes to exit codes."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+
+class ExitCode(IntEnum):
+    """Documented exit codes (README, "Exit codes")."""
+
+    OK = 0
+    REFUSED = 1  # isolation would be broken: the guest must not start
+    INPUT = 2  # bad input or usage: malformed XML, unknown address, invalid snapshot or policy
+    HOST = 3  # the host did not do what was asked (a sysfs write failed); everything was rolled back
+    STATE = 4  # the ledger is unreadable, locked too long, or disagrees with itself
+
+
+class IsogroupError(Exception):
+    """Root of every error isogroup raises on purpose. `str()` is one line a person can act on."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.HOST
+    # Whether repeating the same operation unchanged may succeed: a property of the kind, not of the caller.
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InputError(IsogroupError, ValueError):
+    """The input is wrong: nothing was read from or done to the host."""
+
+    exit_code = ExitCode.INPUT
+
+
+class RefusedError(IsogroupError):
+    """Starting the guest would break isolation; nothing was changed."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class HostError(IsogroupError, OSError):
+    """A write to the host failed or the kernel did not react as expected."""
+
+    exit_code = ExitCode.HOST
+    retryable = True
+
+    def __init__(self, message: str, *, hint: str | None = None, errno: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+
+class StateError(IsogroupError):
+    """The ledger cannot be trusted or reached."""
+
+    exit_code = ExitCode.STATE
