@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from isogroup.errors import InputError
 
 _BDF = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{1,4}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<slot>[0-9a-fA-F]{1,2})\.(?P<function>[0-7])$"
+    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<slot>[0-9a-fA-F]{1,2})\.(?P<function>[0-7])$"
 )
 
-# The ranges libvirt accepts for a host PCI address (virPCIDeviceAddressParseXML).
-_LIMITS = {"domain": 0xFFFF, "bus": 0xFF, "slot": 0x1F, "function": 0x7}
+# The ranges libvirt accepts (virPCIDeviceAddressIsValid). Domains are 32-bit: Intel VMD puts its devices in
+# domains from 0x10000 up, and sysfs names them with five hex digits.
+_LIMITS = {"domain": 0xFFFFFFFF, "bus": 0xFF, "slot": 0x1F, "function": 0x7}
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -30,7 +31,7 @@ class PciAddress:
 
     @classmethod
     def parse(cls, text: str) -> PciAddress:
-        """`0000:01:00.0` or `01:00.0` (domain 0), as sysfs and lspci write them."""
+        """`0000:01:00.0` or `01:00.0` (domain 0), as sysfs and lspci write them (`10000:e0:06.0` for VMD)."""
         match = _BDF.match(text.strip())
         if not match:
             raise InputError(f"{text!r} is not a PCI address (expected DDDD:BB:SS.F, e.g. 0000:01:00.0)")

@@ -13,9 +13,14 @@ from isogroup.address import PciAddress
 from isogroup.domainxml import DomainSpec, parse_domain
 from isogroup.errors import ExitCode, InputError, IsogroupError
 from isogroup.hostscan import read_topology
+from isogroup.install import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
+from isogroup.ledger import Claim, Ledger
+from isogroup.logsetup import to_syslog
 from isogroup.model import HostTopology
+from isogroup.names import DEFAULT_LEDGER_DIR
 from isogroup.planner import plan
 from isogroup.sysfs import Sysfs
+from isogroup.transaction import Host, recover
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +91,79 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_install_hook(args: argparse.Namespace) -> int:
+    installed = install_hook(args.hooks_dir, ledger_dir=str(args.ledger), sysfs_root=str(args.sysfs))
+    sys.stderr.write(f"installed {installed.path}\n")
+    if installed.first_hook:
+        sys.stderr.write(
+            "libvirt had no qemu hook before: restart the daemon once so it sees this one "
+            "(systemctl restart libvirtd, or virtqemud on modular daemons)\n"
+        )
+    return ExitCode.OK
+
+
+def cmd_uninstall_hook(args: argparse.Namespace) -> int:
+    removed = uninstall_hook(args.hooks_dir)
+    sys.stderr.write(f"removed {removed}\n" if removed else "no isogroup hook was installed\n")
+    return ExitCode.OK
+
+
+def _claims_to_json(claims: Sequence[Claim]) -> list[dict[str, object]]:
+    return [
+        {
+            "domain": c.domain,
+            "phase": c.phase.value,
+            "groups": list(c.groups),
+            "devices": [
+                {
+                    "address": str(d.address),
+                    "group": d.group,
+                    "original_driver": d.original_driver,
+                    "original_override": d.original_override,
+                    "state": d.state.value,
+                }
+                for d in c.devices
+            ],
+        }
+        for c in claims
+    ]
+
+
+def _claims_to_text(claims: Sequence[Claim]) -> str:
+    if not claims:
+        return "no claims: isogroup holds no IOMMU group and has moved no device\n"
+    out = []
+    for c in claims:
+        out.append(f"guest '{c.domain}': {c.phase.value}, IOMMU group(s) {', '.join(map(str, c.groups)) or '-'}")
+        for d in c.devices:
+            was = d.original_driver or "(no driver)"
+            out.append(f"  {d.address}  group {d.group}  {d.state.value}, originally on {was}")
+    return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    claims = Ledger(args.ledger).read_all_unlocked()
+    if args.format == "json":
+        sys.stdout.write(report.dumps(_claims_to_json(claims)))
+    else:
+        sys.stdout.write(_claims_to_text(claims))
+    return ExitCode.OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    to_syslog()
+    host = Host(Sysfs(args.sysfs), Ledger(args.ledger))
+    left = recover(host, set(args.domain) if args.domain else None)
+    sys.stdout.write(_claims_to_text(left))
+    return ExitCode.OK if not any(c.phase.value == "failed" for c in left) else ExitCode.HOST
+
+
+def _add_state_options(p: argparse.ArgumentParser, *, sysfs: bool) -> None:
+    p.add_argument("--ledger", type=Path, default=Path(DEFAULT_LEDGER_DIR), metavar="DIR", help="state directory")
+    if sysfs:
+        p.add_argument("--sysfs", type=Path, default=Path("/sys"), metavar="DIR", help="sysfs root (default /sys)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="isogroup",
@@ -112,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_options(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE")
     p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("install-hook", help="install the libvirt qemu hook as a qemu.d drop-in")
+    p.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR, metavar="DIR")
+    _add_state_options(p, sysfs=True)
+    p.set_defaults(func=cmd_install_hook)
+
+    p = sub.add_parser("uninstall-hook", help="remove the hook installed by install-hook")
+    p.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR, metavar="DIR")
+    p.set_defaults(func=cmd_uninstall_hook)
+
+    p = sub.add_parser("status", help="which guests hold which groups, and every device moved")
+    _add_state_options(p, sysfs=False)
+    _add_format(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "recover",
+        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim",
+    )
+    _add_state_options(p, sysfs=True)
+    p.add_argument("--domain", action="append", metavar="NAME", help="release this guest's claim (repeatable)")
+    p.set_defaults(func=cmd_recover)
     return parser
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import stat
@@ -27,9 +26,9 @@ from typing import Any
 
 from isogroup.address import PciAddress
 from isogroup.errors import InputError, StateError
+from isogroup.names import CLAIMS, DEFAULT_LEDGER_DIR, claim_filename
 
-DEFAULT_DIR = Path("/run/isogroup")  # tmpfs: a reboot forgets claims together with the bindings they describe
-CLAIMS = "claims"
+DEFAULT_DIR = Path(DEFAULT_LEDGER_DIR)
 VERSION = 1
 LOCK_TIMEOUT_S = 120.0  # a prepare may wait for another guest's whole group to bind; hooks have no timeout
 
@@ -38,6 +37,7 @@ class Phase(StrEnum):
     PREPARING = "preparing"  # devices are being moved; seen under the lock, the run that wrote it is dead
     ACTIVE = "active"  # every move done and verified; the guest may run
     RELEASING = "releasing"  # devices are being restored; seen under the lock, finish the job
+    FAILED = "failed"  # a restore failed: the devices listed stay recorded until release or recover succeeds
 
 
 class DeviceState(StrEnum):
@@ -72,22 +72,6 @@ class Claim:
 
     def without_device(self, address: PciAddress) -> Claim:
         return replace(self, devices=tuple(d for d in self.devices if d.address != address))
-
-
-def claim_filename(domain: str) -> str:
-    """A file name that only this domain maps to, never `.`/`..`, never containing `/`: every byte outside
-    [A-Za-z0-9_-] (and a leading dot) is %-escaped. Very long names fall back to a digest."""
-    out = []
-    for i, byte in enumerate(domain.encode()):
-        ch = chr(byte)
-        if (ch.isascii() and (ch.isalnum() or ch in "_-")) or (ch == "." and i > 0):
-            out.append(ch)
-        else:
-            out.append(f"%{byte:02X}")
-    name = "".join(out)
-    if not name or len(name) > 200:
-        name = "sha256-" + hashlib.sha256(domain.encode()).hexdigest()
-    return name + ".json"
 
 
 def _claim_to_json(claim: Claim) -> dict[str, Any]:

@@ -7,7 +7,12 @@ subclasses this and overrides `write` to react the way the kernel does.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import shutil
+import struct
+import subprocess
+import time
 from pathlib import Path
 
 from isogroup.address import PciAddress
@@ -18,9 +23,23 @@ PCI_DRIVERS = "bus/pci/drivers"
 IOMMU_GROUPS = "kernel/iommu_groups"
 
 
+# include/uapi/linux/vfio.h: VFIO_GROUP_GET_STATUS = _IO(VFIO_TYPE ';', VFIO_BASE 100 + 3) on
+# struct vfio_group_status { __u32 argsz; __u32 flags; }, flag VFIO_GROUP_FLAGS_VIABLE = 1 << 0.
+_VFIO_GROUP_GET_STATUS = (ord(";") << 8) | (100 + 3)
+_VFIO_GROUP_FLAGS_VIABLE = 1
+
+# The hook runs with a minimal PATH; look in the usual places too.
+_MODPROBE_DIRS = "/usr/sbin:/sbin:/usr/bin:/bin"
+
+
 class Sysfs:
-    def __init__(self, root: Path | str = "/sys") -> None:
+    """`dev` is the matching /dev, for /dev/vfio/N: by default /dev with /sys, and none for any other tree."""
+
+    def __init__(self, root: Path | str = "/sys", dev: Path | str | None = None) -> None:
         self.root = Path(root)
+        if dev is None and self.root == Path("/sys"):
+            dev = "/dev"
+        self.dev = Path(dev) if dev is not None else None
 
     def __repr__(self) -> str:
         return f"Sysfs({str(self.root)!r})"
@@ -79,6 +98,52 @@ class Sysfs:
             ) from exc
         finally:
             os.close(fd)
+
+    def modprobe(self, module: str) -> None:
+        """Load a kernel module (vfio-pci before the first move). Failure is a HostError naming the module."""
+        exe = shutil.which("modprobe", path=os.environ.get("PATH", "") + ":" + _MODPROBE_DIRS)
+        if exe is None:
+            raise HostError(f"cannot load {module}: modprobe not found")
+        done = subprocess.run([exe, module], capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HostError(f"modprobe {module} failed: {detail}")
+
+    def driver_of(self, address: PciAddress) -> str | None:
+        return self.link_name(self.device(address, "driver"))
+
+    def wait_for_driver(self, address: PciAddress, wanted: str | None, timeout: float) -> str | None:
+        """Wait until the device's driver is `wanted` (None: unbound), at most `timeout` seconds; returns the
+        driver it has in the end. A probe through drivers_probe is synchronous in the kernel, so this returns at
+        once on a live host; the wait bounds drivers that probe asynchronously."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            current = self.driver_of(address)
+            if current == wanted or time.monotonic() >= deadline:
+                return current
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def vfio_group_viable(self, group: int) -> bool | None:
+        """The kernel's own verdict, from the VFIO group status ioctl on /dev/vfio/N. None when it cannot be
+        asked: no /dev for this tree, no /dev/vfio/N (no member on a vfio driver), or the group is open
+        elsewhere (a running QEMU holds it: EBUSY)."""
+        if self.dev is None:
+            return None
+        try:
+            fd = os.open(self.dev / "vfio" / str(group), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            buf = bytearray(struct.pack("=II", 8, 0))
+            fcntl.ioctl(fd, _VFIO_GROUP_GET_STATUS, buf, True)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        _, flags = struct.unpack("=II", buf)
+        return bool(flags & _VFIO_GROUP_FLAGS_VIABLE)
 
     # Paths of the attributes isogroup uses, in one place.
     @staticmethod

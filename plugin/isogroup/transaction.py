@@ -1,0 +1,226 @@
+"""Applying a plan to the host as one transaction, and undoing it.
+
+prepare/start: plan under the ledger's lock, record each device before touching it, move it, verify the
+group with the kernel; any failure restores this run's devices in reverse order and re-raises. release:
+restore exactly what the domain's claim recorded. Every run first finishes what a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from isogroup.address import PciAddress
+from isogroup.devices import move_to_vfio, restore
+from isogroup.domainxml import DomainSpec
+from isogroup.drivers import VFIO_PCI, is_viable_driver
+from isogroup.errors import HostError, IsogroupError, RefusedError
+from isogroup.hostscan import read_topology
+from isogroup.ledger import Claim, DeviceState, Ledger, LedgerSession, MovedDevice, Phase
+from isogroup.model import HostTopology
+from isogroup.plan import Action, DomainPlan
+from isogroup.planner import plan
+from isogroup.sysfs import Sysfs
+
+log = logging.getLogger("isogroup")
+
+BIND_TIMEOUT_S = 10.0
+
+
+class Stage(StrEnum):
+    PREPARE = "prepare"  # before libvirt detaches its managed='yes' devices
+    START = "start"  # after libvirt prepared its devices and picked VFs from hostdev networks
+
+
+@dataclass(frozen=True)
+class Host:
+    """The seams one run works through: the kernel and the ledger."""
+
+    kernel: Sysfs
+    ledger: Ledger
+    bind_timeout: float = BIND_TIMEOUT_S
+
+
+def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
+    topology = read_topology(host.kernel, scope={r.address for r in domain.pci})
+    return plan(domain, topology, session.claims_by_group()), topology
+
+
+def check(host: Host, domain: DomainSpec) -> DomainPlan:
+    """Plan only (migrate, restore): refuse early, change nothing."""
+    with host.ledger.locked() as session:
+        domain_plan, _ = _plan(host, session, domain)
+    if not domain_plan.ok:
+        raise RefusedError(domain_plan.refusal())
+    return domain_plan
+
+
+def prepare(host: Host, domain: DomainSpec, stage: Stage) -> DomainPlan:
+    with host.ledger.locked() as session:
+        finish_interrupted(host, session)
+        domain_plan, topology = _plan(host, session, domain)
+        if not domain_plan.ok:
+            raise RefusedError(domain_plan.refusal())
+        if domain_plan.groups:
+            _apply(host, session, domain, domain_plan, topology, stage=stage)
+        return domain_plan
+
+
+def _apply(
+    host: Host,
+    session: LedgerSession,
+    domain: DomainSpec,
+    domain_plan: DomainPlan,
+    topology: HostTopology,
+    *,
+    stage: Stage,
+) -> None:
+    before = session.claim(domain.name)
+    claim = before or Claim(domain.name, Phase.PREPARING, (), uuid=domain.uuid)
+    groups = tuple(sorted(set(claim.groups) | set(domain_plan.group_numbers)))
+    claim = session.write(replace(claim, phase=Phase.PREPARING, groups=groups))
+
+    moves = [(g.group, m.address) for g in domain_plan.groups for m in g.to_move]
+    touched: list[PciAddress] = []
+    try:
+        if moves and not host.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
+            host.kernel.modprobe(VFIO_PCI)
+        for group, address in moves:
+            func = topology.by_address[address]
+            # A device an earlier run of this domain moved keeps the original driver that run recorded.
+            record = claim.device(address) or MovedDevice(
+                address, group, func.driver, func.driver_override, DeviceState.MOVING
+            )
+            claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVING)))
+            touched.append(address)
+            log.info("%s: moving %s (group %d) from %s to %s", domain.name, address, group, func.driver, VFIO_PCI)
+            move_to_vfio(host.kernel, address, host.bind_timeout)
+            claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVED)))
+        _verify(host, domain_plan, stage)
+    except Exception as exc:
+        log.error("%s: %s; rolling back", domain.name, exc)
+        _rollback(host, session, claim, touched, before)
+        raise
+    session.write(replace(claim, phase=Phase.ACTIVE))
+    log.info("%s: groups %s isolated at %s", domain.name, ", ".join(map(str, groups)), stage.value)
+
+
+def _verify(host: Host, domain_plan: DomainPlan, stage: Stage) -> None:
+    """Re-read the groups from the kernel: every member must now be on a driver VFIO accepts (at prepare,
+    libvirt's own managed='yes' devices are still to come), and the VFIO group ioctl must agree."""
+    scope = {m.address for g in domain_plan.groups for m in g.members}
+    now = read_topology(host.kernel, scope=scope)
+    for group_plan in domain_plan.groups:
+        planned = {m.address: m for m in group_plan.members}
+        group = now.by_group.get(group_plan.group)
+        if group is None:
+            raise HostError(f"IOMMU group {group_plan.group} disappeared while it was being prepared")
+        libvirt_pending = stage is Stage.PREPARE and any(m.action is Action.LIBVIRT for m in group_plan.members)
+        blockers = []
+        for address in group.members:
+            func = now.by_address.get(address)
+            member = planned.get(address)
+            if member is None:
+                blockers.append(f"{address} joined the group")
+            elif (
+                func is not None
+                and not is_viable_driver(func.driver)
+                and not (libvirt_pending and member.action is Action.LIBVIRT)
+            ):
+                blockers.append(f"{address} is on {func.driver}")
+        if blockers:
+            raise HostError(f"IOMMU group {group_plan.group} is still not viable: {'; '.join(blockers)}")
+        if not libvirt_pending and host.kernel.vfio_group_viable(group_plan.group) is False:
+            raise HostError(f"the kernel reports IOMMU group {group_plan.group} not viable after the moves")
+
+
+def _rollback(
+    host: Host, session: LedgerSession, claim: Claim, touched: list[PciAddress], before: Claim | None
+) -> None:
+    """Undo this run's moves in reverse. A device that cannot be restored stays recorded (phase FAILED)."""
+    failed = False
+    for address in reversed(touched):
+        device = claim.device(address)
+        if device is None:
+            continue
+        if before is not None and before.device(address) is not None:
+            continue  # an earlier run of this domain moved it; release restores it
+        if _restore_device(host, claim.domain, device):
+            claim = session.write(claim.without_device(address))
+        else:
+            failed = True
+    if failed:
+        session.write(replace(claim, phase=Phase.FAILED))
+    elif before is None:
+        session.remove(claim.domain)
+    else:
+        session.write(replace(claim, phase=before.phase, groups=before.groups))
+
+
+def _restore_device(host: Host, domain: str, device: MovedDevice) -> bool:
+    try:
+        restore(host.kernel, device.address, device.original_driver, device.original_override, host.bind_timeout)
+    except IsogroupError as exc:
+        log.error("%s: could not restore %s: %s", domain, device.address, exc)
+        return False
+    return True
+
+
+def _restore_claim(host: Host, session: LedgerSession, claim: Claim) -> Claim | None:
+    """Restore every device of the claim, newest first; None when all are back and the claim is gone."""
+    claim = session.write(replace(claim, phase=Phase.RELEASING))
+    for device in reversed(claim.devices):
+        if _restore_device(host, claim.domain, device):
+            claim = session.write(claim.without_device(device.address))
+    if claim.devices:
+        return session.write(replace(claim, phase=Phase.FAILED))
+    session.remove(claim.domain)
+    log.info("%s: released groups %s", claim.domain, ", ".join(map(str, claim.groups)) or "(none)")
+    return None
+
+
+def release(host: Host, domain: str) -> Claim | None:
+    """Put back what `domain` holds. Idempotent; returns the claim left behind when a restore failed."""
+    with host.ledger.locked() as session:
+        finish_interrupted(host, session)
+        claim = session.claim(domain)
+        return _restore_claim(host, session, claim) if claim is not None else None
+
+
+def finish_interrupted(host: Host, session: LedgerSession) -> None:
+    """A claim still `preparing` or `releasing` while we hold the lock belongs to a run that died. Its guest
+    cannot be running (libvirt fails a start whose hook was killed), so its devices go home."""
+    for claim in session.claims():
+        if claim.phase in (Phase.PREPARING, Phase.RELEASING):
+            log.warning("%s: finishing an interrupted %s run", claim.domain, claim.phase.value)
+            _restore_claim(host, session, claim)
+
+
+def recover(host: Host, domains: set[str] | None = None) -> list[Claim]:
+    """`isogroup recover`: finish interrupted runs; with `domains`, also release those domains' claims
+    (for guests that are gone without a release). Returns the claims that remain."""
+    with host.ledger.locked() as session:
+        finish_interrupted(host, session)
+        for claim in session.claims():
+            if domains is not None and (claim.domain in domains or claim.phase is Phase.FAILED):
+                _restore_claim(host, session, claim)
+        return session.claims()
+
+
+def reconnect(host: Host, domain: DomainSpec) -> None:
+    """libvirtd restarted with the guest running: adopt its groups if it has no claim, and report devices
+    that are no longer where the claim says. Never raises for a healthy guest."""
+    with host.ledger.locked() as session:
+        claim = session.claim(domain.name)
+        domain_plan, topology = _plan(host, session, domain)
+        if claim is None:
+            if domain_plan.groups:
+                session.write(Claim(domain.name, Phase.ACTIVE, domain_plan.group_numbers, uuid=domain.uuid))
+                log.info("%s: adopted groups %s of a running guest", domain.name, domain_plan.group_numbers)
+            return
+        for device in claim.devices:
+            func = topology.function(device.address)
+            if func is None or not is_viable_driver(func.driver):
+                where = "gone" if func is None else f"on {func.driver}"
+                log.warning("%s: %s was moved to %s but is now %s", domain.name, device.address, VFIO_PCI, where)
