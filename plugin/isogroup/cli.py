@@ -14,7 +14,7 @@ from isogroup.domainxml import DomainSpec, parse_domain
 from isogroup.errors import ExitCode, InputError, IsogroupError
 from isogroup.hostscan import read_topology
 from isogroup.install import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
-from isogroup.ledger import Claim, Ledger
+from isogroup.ledger import Claim, Ledger, Phase
 from isogroup.logsetup import to_syslog
 from isogroup.model import HostTopology
 from isogroup.names import DEFAULT_LEDGER_DIR
@@ -155,7 +155,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     host = Host(Sysfs(args.sysfs), Ledger(args.ledger))
     left = recover(host, set(args.domain) if args.domain else None)
     sys.stdout.write(_claims_to_text(left))
-    return ExitCode.OK if not any(c.phase.value == "failed" for c in left) else ExitCode.HOST
+    return ExitCode.OK if not any(c.phase is Phase.FAILED for c in left) else ExitCode.HOST
 
 
 def _add_state_options(p: argparse.ArgumentParser, *, sysfs: bool) -> None:

@@ -188,6 +188,33 @@ def release(host: Host, domain: str) -> Claim | None:
         return _restore_claim(host, session, claim) if claim is not None else None
 
 
+def release_groups(host: Host, domain: str, groups: set[int]) -> Claim | None:
+    """Hot-unplug, or a hotplug libvirt refused: restore only the devices of `groups` and drop those groups
+    from the domain's claim; the rest of the claim stays as it is. Returns what remains of the claim."""
+    with host.ledger.locked() as session:
+        finish_interrupted(host, session)
+        claim = session.claim(domain)
+        if claim is None:
+            return None
+        failed = False
+        for device in reversed(claim.devices):
+            if device.group not in groups:
+                continue
+            if _restore_device(host, domain, device):
+                claim = session.write(claim.without_device(device.address))
+            else:
+                failed = True
+        kept = tuple(g for g in claim.groups if g not in groups or claim_holds_devices_in(claim, g))
+        if not kept and not claim.devices:
+            session.remove(domain)
+            return None
+        return session.write(replace(claim, groups=kept, phase=Phase.FAILED if failed else claim.phase))
+
+
+def claim_holds_devices_in(claim: Claim, group: int) -> bool:
+    return any(d.group == group for d in claim.devices)
+
+
 def finish_interrupted(host: Host, session: LedgerSession) -> None:
     """A claim still `preparing` or `releasing` while we hold the lock belongs to a run that died. Its guest
     cannot be running (libvirt fails a start whose hook was killed), so its devices go home."""
