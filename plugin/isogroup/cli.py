@@ -11,7 +11,7 @@ from typing import NoReturn
 from isogroup import __version__, report, snapshot
 from isogroup.address import PciAddress
 from isogroup.domainxml import DomainSpec, parse_domain
-from isogroup.errors import ExitCode, InputError, IsogroupError
+from isogroup.errors import ExitCode, InputError, IsogroupError, StateError
 from isogroup.hostscan import read_topology
 from isogroup.install import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
 from isogroup.ledger import Claim, Ledger, Phase
@@ -19,6 +19,7 @@ from isogroup.logsetup import to_syslog
 from isogroup.model import HostTopology
 from isogroup.names import DEFAULT_LEDGER_DIR
 from isogroup.planner import plan
+from isogroup.schema import find_domain_schema, validate_domain
 from isogroup.sysfs import Sysfs
 from isogroup.transaction import Host, recover
 
@@ -50,19 +51,49 @@ def load_host(args: argparse.Namespace, scope: Iterable[PciAddress] | None = Non
     return read_topology(Sysfs(root), scope)
 
 
-def _read_domain_file(path: Path) -> DomainSpec:
+def _read_domain_file(path: Path, schema: Path | None = None) -> DomainSpec:
+    """The domain document at `path` ('-': stdin); with `schema` (libvirt's domain.rng), also valid for libvirt."""
     try:
         data = path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    return parse_domain(data, origin=str(path))
+    spec = parse_domain(data, origin=str(path))
+    validate_domain(data, str(path), schema)
+    return spec
+
+
+def load_claims(args: argparse.Namespace) -> dict[int, str]:
+    """Claims are an input to planning: `--ledger DIR`, or on the live host the live ledger when this user can
+    read it (root); a snapshot or another tree has none unless a ledger is named."""
+    if args.ledger is not None:
+        claims = Ledger(args.ledger).read_all_unlocked()
+    elif args.host is None and args.sysfs is None:
+        try:
+            claims = Ledger(DEFAULT_LEDGER_DIR).read_all_unlocked()
+        except (OSError, StateError):
+            claims = []
+    else:
+        return {}
+    return {g: c.domain for c in claims for g in c.groups}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    domains = [_read_domain_file(p) for p in args.domains]
+    if args.libvirt_domain or args.all:
+        if args.domains:
+            raise InputError("give DOMAIN.xml files, or --domain/--all to read domains from libvirt, not both")
+        from isogroup import cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+        return cli_libvirt.check(args)
+    if not args.domains:
+        raise InputError("nothing to check: give DOMAIN.xml files, or --domain NAME / --all to read them from libvirt")
+    if args.connect is not None:
+        raise InputError("-c/--connect reads domains from libvirt: use it with --domain NAME or --all")
+    schema = None if args.no_schema else find_domain_schema()
+    domains = [_read_domain_file(p, schema) for p in args.domains]
     scope = {r.address for d in domains for r in d.pci}
     host = load_host(args, scope)
-    plans = [plan(d, host) for d in domains]
+    claims = load_claims(args)
+    plans = [plan(d, host, claims) for d in domains]
     if args.format == "json":
         sys.stdout.write(report.dumps(report.plans_to_json(plans)))
     else:
@@ -142,6 +173,12 @@ def _claims_to_text(claims: Sequence[Claim]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.libvirt:
+        from isogroup import cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+        return cli_libvirt.status(args)
+    if args.connect is not None or args.status_dir is not None:
+        raise InputError("-c/--connect and --status-dir compare with libvirt: use them with --libvirt")
     claims = Ledger(args.ledger).read_all_unlocked()
     if args.format == "json":
         sys.stdout.write(report.dumps(_claims_to_json(claims)))
@@ -156,6 +193,33 @@ def cmd_recover(args: argparse.Namespace) -> int:
     left = recover(host, set(args.domain) if args.domain else None)
     sys.stdout.write(_claims_to_text(left))
     return ExitCode.OK if not any(c.phase is Phase.FAILED for c in left) else ExitCode.HOST
+
+
+def cmd_attach_device(args: argparse.Namespace) -> int:
+    from isogroup import cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+    return cli_libvirt.attach(args)
+
+
+def cmd_detach_device(args: argparse.Namespace) -> int:
+    from isogroup import cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+    return cli_libvirt.detach(args)
+
+
+def _add_connect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--connect", metavar="URI", help="libvirt URI (default: libvirt's default, as for virsh)")
+
+
+def _add_hotplug(sub: argparse._SubParsersAction[_Parser], name: str, help_text: str) -> _Parser:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("domain", metavar="DOMAIN", help="the guest's name")
+    p.add_argument("file", type=Path, metavar="FILE.xml", help="one device element, as for virsh ('-': stdin)")
+    p.add_argument("--live", action="store_true", help="affect the running guest")
+    p.add_argument("--config", action="store_true", help="affect the persistent definition")
+    _add_connect(p)
+    _add_state_options(p, sysfs=True)
+    return p
 
 
 def _add_state_options(p: argparse.ArgumentParser, *, sysfs: bool) -> None:
@@ -176,8 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("check", help="can these domains start? (exit 0 yes, 1 refused, 2 bad input)")
-    p.add_argument("domains", nargs="+", type=Path, metavar="DOMAIN.xml")
+    p.add_argument("domains", nargs="*", type=Path, metavar="DOMAIN.xml")
+    p.add_argument(
+        "--domain",
+        dest="libvirt_domain",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="check this libvirt domain instead of a file (repeatable); running guests' groups count as taken",
+    )
+    p.add_argument("--all", action="store_true", help="check every domain libvirt has, defined and running")
+    _add_connect(p)
+    p.add_argument("--no-schema", action="store_true", help="do not validate files against libvirt's RelaxNG schema")
     _add_host_options(p)
+    p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
     _add_format(p)
     p.set_defaults(func=cmd_check)
 
@@ -203,7 +279,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="which guests hold which groups, and every device moved")
     _add_state_options(p, sysfs=False)
     _add_format(p)
+    p.add_argument(
+        "--libvirt",
+        action="store_true",
+        help="also compare with libvirt's node devices and running guests (exit 1 when they disagree)",
+    )
+    _add_connect(p)
+    p.add_argument(
+        "--status-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --libvirt: also read libvirt's status files (qemu:///system: /run/libvirt/qemu)",
+    )
     p.set_defaults(func=cmd_status)
+
+    p = _add_hotplug(
+        sub, "attach-device", "attach a PCI device to a guest with its whole IOMMU group (libvirt runs no hook)"
+    )
+    p.set_defaults(func=cmd_attach_device)
+
+    p = _add_hotplug(sub, "detach-device", "detach a device from a guest and restore its group once unused")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the guest may take to release the device (default 10)",
+    )
+    p.set_defaults(func=cmd_detach_device)
 
     p = sub.add_parser(
         "recover",

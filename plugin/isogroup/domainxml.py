@@ -6,6 +6,7 @@ network, under a size limit, and anything this module cannot read exactly is an 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -75,20 +76,19 @@ def _where(origin: str, element: etree._Element | None) -> str:
     return f"{origin} line {line}" if line else origin
 
 
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+
 def parse_number(text: str) -> int:
-    """An address attribute as libvirt reads it (strtoul, base 0): `0x1f` is hex, `010` octal, `31` decimal."""
-    try:
-        if text[:2] in ("0x", "0X"):
-            return int(text[2:], 16) if text[2:].isalnum() else _raise()
-        if len(text) > 1 and text.startswith("0"):
-            return int(text[1:], 8)
-        return int(text, 10) if text.isdigit() else _raise()
-    except ValueError:
-        raise InputError(f"{text!r} is not a number") from None
-
-
-def _raise() -> int:
-    raise ValueError
+    """An address attribute as libvirt reads it (strtoul, base 0): `0x1f` is hex, `010` octal, `31` decimal.
+    ASCII digits only, no sign, no spaces, no underscores: exactly what libvirt's virStrToLong_uip accepts."""
+    if not _NUMBER.fullmatch(text):
+        raise InputError(f"{text!r} is not a number")
+    if text[:2] in ("0x", "0X"):
+        return int(text[2:], 16)
+    if text.startswith("0"):
+        return int(text, 8)
+    return int(text, 10)
 
 
 def _pci_address(element: etree._Element | None, origin: str, owner: etree._Element) -> PciAddress:

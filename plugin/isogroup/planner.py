@@ -135,6 +135,10 @@ def _plan_member(func: PciFunction, request: PciRequest | None) -> tuple[MemberP
 
     on = f"on {func.driver}" if func.driver else "with no driver"
     if request is not None:
+        if func.is_bridge:
+            return member(Action.BLOCKED, f"requested, but a bridge {on}"), None  # the request's problem says why
+        if func.vfs_enabled:
+            return member(Action.BLOCKED, f"requested, but a PF with {func.vfs_enabled} VFs enabled"), None
         if is_vfio_driver(func.driver):
             return member(Action.KEEP, f"requested; already {on}"), None
         if request.managed:

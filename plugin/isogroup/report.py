@@ -55,7 +55,7 @@ def plans_to_text(plans: Sequence[DomainPlan]) -> str:
             out.append("  no PCI host devices: nothing to do")
         for g in p.groups:
             out.append(f"  IOMMU group {g.group}")
-            width = max(len(_driver(m.driver)) for m in g.members)
+            width = max((len(_driver(m.driver)) for m in g.members), default=0)
             for m in g.members:
                 mark = "*" if m.requested else " "
                 out.append(f"   {mark}{m.address}  {m.ids}  {_driver(m.driver):<{width}}  {m.action.value:<7}  {m.why}")

@@ -7,6 +7,7 @@ Loading is strict: a snapshot that does not say exactly what it means is refused
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +94,28 @@ class _Reader:
 
     def hex(self, key: str, digits: int) -> int:
         text = self.text(key)
-        if len(text) != digits:
-            raise InputError(f"{self.where}: {key!r} must be {digits} hex digits")
+        if not re.fullmatch(f"[0-9a-f]{{{digits}}}", text):
+            raise InputError(f"{self.where}: {key!r} must be {digits} lower-case hex digits")
+        return int(text, 16)
+
+    def count(self, key: str) -> int | None:
+        value = self.opt_int(key)
+        if value is not None and value < 0:
+            raise InputError(f"{self.where}: {key!r} must not be negative")
+        return value
+
+    def _parse_address(self, key: str, text: str) -> PciAddress:
         try:
-            return int(text, 16)
-        except ValueError:
-            raise InputError(f"{self.where}: {key!r} is not hexadecimal") from None
+            return PciAddress.parse(text)
+        except InputError as exc:
+            raise InputError(f"{self.where} {key!r}: {exc.message}") from None
 
     def address(self, key: str) -> PciAddress:
-        return PciAddress.parse(self.text(key))
+        return self._parse_address(key, self.text(key))
 
     def opt_address(self, key: str) -> PciAddress | None:
         text = self.opt_text(key)
-        return PciAddress.parse(text) if text is not None else None
+        return self._parse_address(key, text) if text is not None else None
 
     def items(self, key: str) -> list[object]:
         value = self._get(key, (list,), optional=False)
@@ -115,10 +125,11 @@ class _Reader:
 
 def _function_from_json(obj: object, index: int) -> PciFunction:
     r = _Reader(obj, f"functions[{index}]")
+    header_text = r.text("header")
     try:
-        header = Header(r.text("header"))
+        header = Header(header_text)
     except ValueError:
-        raise InputError(f"{r.where}: unknown header {r.obj['header']!r}") from None
+        raise InputError(f"{r.where}: unknown header {header_text!r}") from None
     return PciFunction(
         address=r.address("address"),
         vendor=r.hex("vendor", 4),
@@ -132,8 +143,8 @@ def _function_from_json(obj: object, index: int) -> PciFunction:
         parent=r.opt_address("parent"),
         boot_vga=r.flag("boot_vga"),
         physfn=r.opt_address("physfn"),
-        sriov_totalvfs=r.opt_int("sriov_totalvfs"),
-        sriov_numvfs=r.opt_int("sriov_numvfs"),
+        sriov_totalvfs=r.count("sriov_totalvfs"),
+        sriov_numvfs=r.count("sriov_numvfs"),
     )
 
 
@@ -141,8 +152,9 @@ def from_json(doc: object, source: str = "") -> HostTopology:
     r = _Reader(doc, source or "snapshot")
     if r.obj.get("format") != FORMAT:
         raise InputError(f"{r.where}: not an isogroup host snapshot (format must be {FORMAT!r})")
-    if r.obj.get("version") != VERSION:
-        raise InputError(f"{r.where}: snapshot version {r.obj.get('version')!r} is not supported (need {VERSION})")
+    version = r.obj.get("version")
+    if type(version) is not int or version != VERSION:
+        raise InputError(f"{r.where}: snapshot version {version!r} is not supported (need {VERSION})")
     functions = [_function_from_json(f, i) for i, f in enumerate(r.items("functions"))]
     groups = []
     for i, g in enumerate(r.items("groups")):
@@ -150,7 +162,13 @@ def from_json(doc: object, source: str = "") -> HostTopology:
         number = gr.opt_int("group")
         if number is None or number < 0:
             raise InputError(f"{gr.where}: 'group' must be a non-negative integer")
-        members = tuple(PciAddress.parse(m) if isinstance(m, str) else _bad(gr.where) for m in gr.items("members"))
+        members = tuple(
+            gr._parse_address("members", m) if isinstance(m, str) else _bad(gr.where) for m in gr.items("members")
+        )
+        if not members:
+            raise InputError(f"{gr.where}: group {number} has no members")
+        if len(set(members)) != len(members):
+            raise InputError(f"{gr.where}: group {number} lists a member twice")
         groups.append(IommuGroup(number, members))
     topology = HostTopology.build(r.flag("iommu"), functions, groups, source=source)
     _check_consistent(topology, r.where)
@@ -177,8 +195,13 @@ def _check_consistent(topology: HostTopology, where: str) -> None:
             if func.iommu_group != group.number:
                 raise InputError(f"{where}: {member} is listed in group {group.number} but says {func.iommu_group}")
     for func in topology.functions:
-        if func.iommu_group is not None and func.iommu_group not in topology.by_group:
+        if func.iommu_group is None:
+            continue
+        listed = topology.by_group.get(func.iommu_group)
+        if listed is None:
             raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which is not listed")
+        if func.address not in listed.members:
+            raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which does not list it")
 
 
 def load(path: Path) -> HostTopology:
@@ -191,6 +214,8 @@ def load(path: Path) -> HostTopology:
         raise InputError(f"host snapshot {path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
     try:
         doc = json.loads(data)
+    except RecursionError:
+        raise InputError(f"host snapshot {path} is nested too deeply to be a snapshot") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"host snapshot {path} is not valid JSON: {exc}") from None
     return from_json(doc, source=str(path))

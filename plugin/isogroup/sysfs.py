@@ -114,8 +114,17 @@ class Sysfs:
 
     def wait_for_driver(self, address: PciAddress, wanted: str | None, timeout: float) -> str | None:
         """Wait until the device's driver is `wanted` (None: unbound), at most `timeout` seconds; returns the
-        driver it has in the end. A probe through drivers_probe is synchronous in the kernel, so this returns at
-        once on a live host; the wait bounds drivers that probe asynchronously."""
+        driver it has in the end. drivers_probe binds synchronously for most drivers, so the first look usually
+        settles it; otherwise the live host waits for the kernel's uevents and any other tree polls."""
+        current = self.driver_of(address)
+        if current == wanted or timeout <= 0:
+            return current
+        if self.root == Path("/sys"):
+            from isogroup.uevents import wait_for_driver_event  # noqa: PLC0415 - pyudev only when needed
+
+            settled = wait_for_driver_event(self, address, wanted, timeout)
+            if settled is not None:
+                return settled[0]
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
