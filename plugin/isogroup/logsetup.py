@@ -14,15 +14,18 @@ def to_syslog(level: int = logging.INFO) -> None:
     silent rather than failing the operation it describes."""
     logger = logging.getLogger("isogroup")
     logger.setLevel(level)
-    if any(isinstance(h, logging.handlers.SysLogHandler) for h in logger.handlers):
+    if logger.handlers:
         return
+    # Python's last-resort handler would print records on stderr, where libvirt shows the hook's stderr to the
+    # user as the refusal: without syslog the records go nowhere instead.
+    handler: logging.Handler = logging.NullHandler()
     if os.path.exists(SYSLOG_SOCKET):
         try:
             handler = logging.handlers.SysLogHandler(
                 address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
             )
+            handler.ident = "isogroup: "
+            handler.setFormatter(logging.Formatter("[%(process)d] %(message)s"))
         except OSError:
-            return
-        handler.ident = "isogroup: "
-        handler.setFormatter(logging.Formatter("[%(process)d] %(message)s"))
-        logger.addHandler(handler)
+            pass
+    logger.addHandler(handler)

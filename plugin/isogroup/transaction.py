@@ -225,12 +225,12 @@ def finish_interrupted(host: Host, session: LedgerSession) -> None:
 
 
 def recover(host: Host, domains: set[str] | None = None) -> list[Claim]:
-    """`isogroup recover`: finish interrupted runs; with `domains`, also release those domains' claims
-    (for guests that are gone without a release). Returns the claims that remain."""
+    """`isogroup recover`: finish interrupted runs and retry failed restores; with `domains`, also release
+    those domains' claims (for guests that are gone without a release). Returns the claims that remain."""
     with host.ledger.locked() as session:
         finish_interrupted(host, session)
         for claim in session.claims():
-            if domains is not None and (claim.domain in domains or claim.phase is Phase.FAILED):
+            if claim.phase is Phase.FAILED or (domains is not None and claim.domain in domains):
                 _restore_claim(host, session, claim)
         return session.claims()
 
