@@ -26,3 +26,13 @@ def regen_golden(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Benchmark figures (tests/test_benchmarks.py) at the end of the run, where CI logs keep them."""
+    from test_benchmarks import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("benchmark figures")
+        for block in FIGURES:
+            terminalreporter.write(block)
