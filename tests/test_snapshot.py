@@ -206,7 +206,7 @@ INVALID: dict[str, tuple[Mutation, str]] = {
     # what the document is
     "format-missing": (_delete("format"), "not an isogroup host snapshot"),
     "format-wrong": (_set("format", "isogroup-plan"), "not an isogroup host snapshot"),
-    "version-2": (_set("version", 2), "version 2 is not supported"),
+    "version-3": (_set("version", 3), "version 3 is not supported"),
     "version-string": (_set("version", "1"), "version '1' is not supported"),
     "version-missing": (_delete("version"), "version None is not supported"),
     # its shape
@@ -350,3 +350,39 @@ def test_deeply_nested_json(tmp_path: Path) -> None:
     path.write_text("[" * 200_000)
     with pytest.raises(InputError):
         snapshot.load(path)
+
+
+def test_a_version_1_snapshot_still_loads_with_capabilities_and_use_unknown() -> None:
+    doc = snapshot.to_json(snapshot.load(SAMPLES / "hosts" / "laptop.json"))
+    doc["version"] = 1
+    for func in doc["functions"]:
+        for key in ("capabilities_read", "pcie_type", "acs_cap", "acs_ctrl"):
+            del func[key]
+    del doc["probed"], doc["findings"]
+    old = snapshot.from_json(doc)
+    assert not old.probed and old.findings == ()
+    assert all(not f.capabilities_read and f.acs_cap is None for f in old.functions)
+    assert old.groups == snapshot.load(SAMPLES / "hosts" / "laptop.json").groups
+
+
+def test_findings_round_trip_and_must_name_a_function() -> None:
+    from isogroup.address import PciAddress
+    from isogroup.model import Finding, UseCode
+
+    host = snapshot.load(SAMPLES / "hosts" / "laptop.json")
+    usb = next(f.address for f in host.functions if f.class_code == 0x0C0330)
+    found = Finding(usb, UseCode.USB_INPUT, "input5", f"{usb} (xhci_hcd) has a keyboard attached: input5")
+    probed = type(host).build(host.iommu, host.functions, host.groups, findings=[found], probed=True)
+    assert snapshot.from_json(snapshot.to_json(probed)) == probed
+    doc = snapshot.to_json(probed)
+    doc["findings"][0]["address"] = str(PciAddress(0, 0x7F, 0, 0))
+    with pytest.raises(InputError, match="not a function"):
+        snapshot.from_json(doc)
+    doc = snapshot.to_json(probed)
+    doc["probed"] = False
+    with pytest.raises(InputError, match="'probed' is false"):
+        snapshot.from_json(doc)
+    doc = snapshot.to_json(probed)
+    doc["findings"][0]["code"] = "storage-imaginary"
+    with pytest.raises(InputError, match="unknown code"):
+        snapshot.from_json(doc)

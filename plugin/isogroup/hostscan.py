@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from isogroup.address import PciAddress
+from isogroup.configspace import CONFIG_SPACE_SIZE, parse_capabilities
 from isogroup.errors import InputError
 from isogroup.model import Header, HostTopology, IommuGroup, PciFunction
 from isogroup.sysfs import IOMMU_GROUPS, PCI_DEVICES, Sysfs
@@ -39,9 +40,10 @@ def read_function(sysfs: Sysfs, address: PciAddress) -> PciFunction | None:
         return None
 
     header_byte = None
-    config = sysfs.read_bytes(f"{base}/config", 64)
+    config = sysfs.read_bytes(f"{base}/config", CONFIG_SPACE_SIZE)
     if config is not None and len(config) > _HEADER_TYPE_OFFSET:
         header_byte = config[_HEADER_TYPE_OFFSET]
+    caps = parse_capabilities(config) if config is not None else None
     if header_byte is not None:
         header = _HEADER_BY_TYPE.get(header_byte & 0x7F, Header.BRIDGE)
     elif sysfs.exists(f"{base}/subordinate_bus_number") or class_code >> 8 in _BRIDGE_CLASSES:
@@ -69,6 +71,10 @@ def read_function(sysfs: Sysfs, address: PciAddress) -> PciFunction | None:
         physfn=_parse_or_none(physfn),
         sriov_totalvfs=_int(sysfs.read(f"{base}/sriov_totalvfs")),
         sriov_numvfs=_int(sysfs.read(f"{base}/sriov_numvfs")),
+        capabilities_read=caps is not None,
+        pcie_type=caps.pcie_type if caps else None,
+        acs_cap=caps.acs_cap if caps else None,
+        acs_ctrl=caps.acs_ctrl if caps else None,
     )
 
 

@@ -16,6 +16,40 @@ PCI_CLASS_DISPLAY_VGA = 0x0300
 PCI_CLASS_BRIDGE_HOST = 0x0600
 
 
+class UseCode(StrEnum):
+    """What a host-use probe found a function doing for the host. Stable: JSON reports and policies name them.
+    The part before the first '-' is the probe's family, which a policy can set to refuse or warn."""
+
+    STORAGE_MOUNTED = "storage-mounted"  # a filesystem on it (directly or through dm/md/LVM) is mounted
+    STORAGE_SWAP = "storage-swap"  # active swap on it
+    STORAGE_HELD = "storage-held"  # an LVM PV, md member or other holder (dm, bcache) sits on it
+    STORAGE_ZFS = "storage-zfs"  # a ZFS pool member
+    STORAGE_BUSY = "storage-busy"  # the kernel refuses an exclusive open: something holds it
+    NETWORK_ADDRESS = "network-address"  # an interface on it is up with an IP address
+    NETWORK_ROUTE = "network-route"  # an interface on it carries routes (the default route above all)
+    NETWORK_MEMBER = "network-member"  # an interface on it is enslaved to a bond, bridge or team
+    DISPLAY_CONSOLE = "display-console"  # the boot VGA with the framebuffer console, efifb or simpledrm on it
+    DISPLAY_CLIENTS = "display-clients"  # processes hold its DRM device nodes open
+    USB_INPUT = "usb-input"  # a keyboard, mouse or other input device hangs off this USB controller
+    SRIOV_VFS = "sriov-vfs"  # a PF whose VFs are in use
+    MDEV_ACTIVE = "mdev-active"  # an mdev parent with active mediated devices
+    OPEN_NODES = "open-nodes"  # processes hold its device nodes open
+
+    @property
+    def family(self) -> str:
+        return self.value.split("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One way the host uses a function, in words a person acts on (`message`) and a stable `code`."""
+
+    address: PciAddress
+    code: UseCode
+    subject: str  # the thing in use: "/dev/sda2", "enp3s0", "input5"
+    message: str  # "0000:00:17.0 (ahci) holds /dev/sda2 mounted at /"
+
+
 class Header(StrEnum):
     """PCI config header layout: vfio-pci takes only type-0 (endpoint) functions."""
 
@@ -41,6 +75,11 @@ class PciFunction:
     physfn: PciAddress | None = None  # set on an SR-IOV virtual function
     sriov_totalvfs: int | None = None  # set on an SR-IOV capable physical function
     sriov_numvfs: int | None = None
+    # From the config space beyond its first 64 bytes, readable by root only. `capabilities_read` False: unknown.
+    capabilities_read: bool = False
+    pcie_type: int | None = None  # PCI Express capability's device/port type; None: conventional PCI
+    acs_cap: int | None = None  # ACS capability register; None: no ACS capability
+    acs_ctrl: int | None = None  # ACS control register
 
     @property
     def is_bridge(self) -> bool:
@@ -68,12 +107,23 @@ class HostTopology:
     iommu: bool
     functions: tuple[PciFunction, ...]
     groups: tuple[IommuGroup, ...]
+    # What the host-use probes found; `probed` False when they did not run (a tree without /proc, an old
+    # snapshot): then nothing is known about host use, which is not the same as "nothing in use".
+    findings: tuple[Finding, ...] = ()
+    probed: bool = False
     # Where the data came from, for messages ("/sys", "hosts/desktop.json").
     source: str = field(default="", compare=False)
 
     @classmethod
     def build(
-        cls, iommu: bool, functions: Iterable[PciFunction], groups: Iterable[IommuGroup], source: str = ""
+        cls,
+        iommu: bool,
+        functions: Iterable[PciFunction],
+        groups: Iterable[IommuGroup],
+        source: str = "",
+        *,
+        findings: Iterable[Finding] = (),
+        probed: bool = False,
     ) -> HostTopology:
         """Canonical order, so that two captures of one host compare and serialise equal."""
         return cls(
@@ -82,6 +132,8 @@ class HostTopology:
             groups=tuple(
                 IommuGroup(g.number, tuple(sorted(g.members))) for g in sorted(groups, key=lambda g: g.number)
             ),
+            findings=tuple(sorted(findings, key=lambda f: (f.address, f.code.value, f.subject))),
+            probed=probed,
             source=source,
         )
 
@@ -95,6 +147,9 @@ class HostTopology:
 
     def function(self, address: PciAddress) -> PciFunction | None:
         return self.by_address.get(address)
+
+    def findings_for(self, address: PciAddress) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.address == address)
 
     def group_of(self, address: PciAddress) -> IommuGroup | None:
         func = self.by_address.get(address)

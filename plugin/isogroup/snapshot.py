@@ -13,10 +13,11 @@ from typing import Any
 
 from isogroup.address import PciAddress
 from isogroup.errors import InputError
-from isogroup.model import Header, HostTopology, IommuGroup, PciFunction
+from isogroup.model import Finding, Header, HostTopology, IommuGroup, PciFunction, UseCode
 
 FORMAT = "isogroup-host"
-VERSION = 1
+VERSION = 2  # 2 added config-space capabilities (PCIe port type, ACS) and host-use findings
+READABLE_VERSIONS = (1, 2)
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
 
@@ -36,6 +37,10 @@ def _function_to_json(f: PciFunction) -> dict[str, Any]:
         "physfn": str(f.physfn) if f.physfn else None,
         "sriov_totalvfs": f.sriov_totalvfs,
         "sriov_numvfs": f.sriov_numvfs,
+        "capabilities_read": f.capabilities_read,
+        "pcie_type": f.pcie_type,
+        "acs_cap": f.acs_cap,
+        "acs_ctrl": f.acs_ctrl,
     }
 
 
@@ -46,6 +51,11 @@ def to_json(topology: HostTopology) -> dict[str, Any]:
         "iommu": topology.iommu,
         "functions": [_function_to_json(f) for f in topology.functions],
         "groups": [{"group": g.number, "members": [str(m) for m in g.members]} for g in topology.groups],
+        "probed": topology.probed,
+        "findings": [
+            {"address": str(f.address), "code": f.code.value, "subject": f.subject, "message": f.message}
+            for f in topology.findings
+        ],
     }
 
 
@@ -123,8 +133,9 @@ class _Reader:
         return value
 
 
-def _function_from_json(obj: object, index: int) -> PciFunction:
+def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
     r = _Reader(obj, f"functions[{index}]")
+    v2 = version >= 2  # version 1 knew nothing of capabilities: they stay unknown
     header_text = r.text("header")
     try:
         header = Header(header_text)
@@ -145,7 +156,21 @@ def _function_from_json(obj: object, index: int) -> PciFunction:
         physfn=r.opt_address("physfn"),
         sriov_totalvfs=r.count("sriov_totalvfs"),
         sriov_numvfs=r.count("sriov_numvfs"),
+        capabilities_read=r.flag("capabilities_read") if v2 else False,
+        pcie_type=r.count("pcie_type") if v2 else None,
+        acs_cap=r.count("acs_cap") if v2 else None,
+        acs_ctrl=r.count("acs_ctrl") if v2 else None,
     )
+
+
+def _finding_from_json(obj: object, index: int) -> Finding:
+    r = _Reader(obj, f"findings[{index}]")
+    code = r.text("code")
+    try:
+        use = UseCode(code)
+    except ValueError:
+        raise InputError(f"{r.where}: unknown code {code!r}") from None
+    return Finding(r.address("address"), use, r.text("subject"), r.text("message"))
 
 
 def from_json(doc: object, source: str = "") -> HostTopology:
@@ -153,9 +178,14 @@ def from_json(doc: object, source: str = "") -> HostTopology:
     if r.obj.get("format") != FORMAT:
         raise InputError(f"{r.where}: not an isogroup host snapshot (format must be {FORMAT!r})")
     version = r.obj.get("version")
-    if type(version) is not int or version != VERSION:
-        raise InputError(f"{r.where}: snapshot version {version!r} is not supported (need {VERSION})")
-    functions = [_function_from_json(f, i) for i, f in enumerate(r.items("functions"))]
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise InputError(f"{r.where}: snapshot version {version!r} is not supported (this isogroup reads {VERSION})")
+    functions = [_function_from_json(f, i, version) for i, f in enumerate(r.items("functions"))]
+    findings: list[Finding] = []
+    probed = False
+    if version >= 2:
+        probed = r.flag("probed")
+        findings = [_finding_from_json(f, i) for i, f in enumerate(r.items("findings"))]
     groups = []
     for i, g in enumerate(r.items("groups")):
         gr = _Reader(g, f"groups[{i}]")
@@ -170,7 +200,7 @@ def from_json(doc: object, source: str = "") -> HostTopology:
         if len(set(members)) != len(members):
             raise InputError(f"{gr.where}: group {number} lists a member twice")
         groups.append(IommuGroup(number, members))
-    topology = HostTopology.build(r.flag("iommu"), functions, groups, source=source)
+    topology = HostTopology.build(r.flag("iommu"), functions, groups, source=source, findings=findings, probed=probed)
     _check_consistent(topology, r.where)
     return topology
 
@@ -194,6 +224,11 @@ def _check_consistent(topology: HostTopology, where: str) -> None:
                 raise InputError(f"{where}: group {group.number} lists {member}, which is not a function")
             if func.iommu_group != group.number:
                 raise InputError(f"{where}: {member} is listed in group {group.number} but says {func.iommu_group}")
+    for finding in topology.findings:
+        if finding.address not in topology.by_address:
+            raise InputError(f"{where}: a finding names {finding.address}, which is not a function")
+    if topology.findings and not topology.probed:
+        raise InputError(f"{where}: findings are listed but 'probed' is false")
     for func in topology.functions:
         if func.iommu_group is None:
             continue
