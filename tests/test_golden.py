@@ -32,6 +32,7 @@ class Case:
     exit: int
     comment: str
     ledger: Path | None = None  # claims held by other guests (`check --ledger`)
+    policy: Path | None = None  # the host's policy (`check --policy`)
 
     def golden(self, fmt: str) -> Path:
         return EXPECTED / f"{self.name}.{SUFFIX[fmt]}"
@@ -48,6 +49,7 @@ def _load() -> tuple[dict[str, Any], list[Case]]:
             int(c["exit"]),
             c.get("comment", ""),
             SAMPLES / c["ledger"] if "ledger" in c else None,
+            SAMPLES / c["policy"] if "policy" in c else None,
         )
         for c in doc["case"]
     ]
@@ -59,7 +61,8 @@ DOC, CASES = _load()
 
 def _run(capsys: pytest.CaptureFixture[str], case: Case, fmt: str) -> tuple[int, str, str]:
     ledger = ["--ledger", str(case.ledger)] if case.ledger else []
-    code = main(["check", "--host", str(case.host), *ledger, "--format", fmt, str(case.domain)])
+    policy = ["--policy", str(case.policy)] if case.policy else []
+    code = main(["check", "--host", str(case.host), *ledger, *policy, "--format", fmt, str(case.domain)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -120,6 +123,8 @@ def test_no_orphan_files() -> None:
         used |= {case.domain, case.host, case.golden("text"), case.golden("json")}
         if case.ledger is not None:
             used |= {p for p in case.ledger.rglob("*") if p.is_file()}
+        if case.policy is not None:
+            used.add(case.policy)
     on_disk = {p for p in SAMPLES.rglob("*") if p.is_file()}
     orphans = sorted(str(p.relative_to(SAMPLES)) for p in on_disk - used)
     assert not orphans, f"files in xml-samples/ that no case uses: {orphans}"

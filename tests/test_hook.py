@@ -185,3 +185,28 @@ def test_status_lists_claims(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["status", "--ledger", str(tmp_path / "run"), "--format", "json"]) == 0
     assert '"original_driver": "xhci_hcd"' in capsys.readouterr().out
     assert isinstance(host.ledger, Ledger)
+
+
+def test_the_hooks_policy_refuses_and_a_broken_policy_refuses_every_start(tmp_path: Path) -> None:
+    installed = install_hook(
+        tmp_path / "hooks",
+        python=sys.executable,
+        ledger_dir=str(tmp_path / "run"),
+        policy_path=str(tmp_path / "p.toml"),
+    )
+    env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
+    xml = domain_xml("g", GPU.__class__.parse("0000:7f:1f.7"))
+    (tmp_path / "p.toml").write_text("mode = 'sloppy'\n")
+    done = subprocess.run(
+        [str(installed.path), "g", "prepare", "begin", "-"], input=xml, capture_output=True, env=env, check=False
+    )
+    assert done.returncode == 2 and done.stdout == b""
+    assert (
+        done.stderr.decode()
+        == f"isogroup: {tmp_path / 'p.toml'}: mode: mode must be 'expand' or 'strict', not 'sloppy'\n"
+    )
+    (tmp_path / "p.toml").unlink()  # named explicitly at install: its absence is an error too
+    done = subprocess.run(
+        [str(installed.path), "g", "prepare", "begin", "-"], input=xml, capture_output=True, env=env, check=False
+    )
+    assert done.returncode == 2 and b"does not exist" in done.stderr

@@ -318,3 +318,24 @@ def test_no_temporary_or_stray_files_after_a_lifecycle(tmp_path: Path) -> None:
     release(host, "g")
     assert sorted(os.listdir(tmp_path / "run")) == ["claims", "lock"]
     assert os.listdir(tmp_path / "run" / "claims") == []
+
+
+def test_the_hosts_policy_applies_at_prepare(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from isogroup.policy import parse_toml
+
+    sim, host = make_host(tmp_path)
+    strict = replace(host, policy=parse_toml("mode = 'strict'", "policy.toml"))
+    before = tree_digest(tmp_path / "sys", tmp_path / "run")
+    with pytest.raises(RefusedError, match="the policy is strict"):
+        prepare(strict, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
+    assert tree_digest(tmp_path / "sys", tmp_path / "run") == before
+    deny = replace(host, policy=parse_toml("[deny]\nclasses = ['0c03']", "policy.toml"))
+    with pytest.raises(RefusedError, match=r"0000:01:00.2 \(xhci_hcd, class 0c0330\) would leave its driver"):
+        prepare(deny, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
+    # Naming every function satisfies strict mode.
+    prepare(strict, parse_domain(domain_xml("g", GPU, AUDIO, USB, UCSI)), Stage.PREPARE)
+    assert sim.driver(AUDIO) == "snd_hda_intel"  # requested with managed='yes': libvirt's to detach, not ours
+    release(strict, "g")
+    assert_home(sim, tmp_path / "run")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from isogroup import __version__, report, snapshot
+from isogroup import __version__, policy, report, snapshot
 from isogroup.address import PciAddress
 from isogroup.domainxml import DomainSpec, parse_domain
 from isogroup.errors import ExitCode, InputError, IsogroupError, StateError
@@ -17,7 +17,7 @@ from isogroup.install import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
 from isogroup.ledger import Claim, Ledger, Phase
 from isogroup.logsetup import to_syslog
 from isogroup.model import HostTopology
-from isogroup.names import DEFAULT_LEDGER_DIR
+from isogroup.names import DEFAULT_LEDGER_DIR, DEFAULT_POLICY
 from isogroup.planner import plan
 from isogroup.schema import find_domain_schema, validate_domain
 from isogroup.sysfs import Sysfs
@@ -85,7 +85,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         return cli_libvirt.check(args)
     if not args.domains:
-        raise InputError("nothing to check: give DOMAIN.xml files, or --domain NAME / --all to read them from libvirt")
+        raise InputError(
+            "nothing to check: give DOMAIN.xml files, or --domain NAME / --all to read them from libvirt",
+            hint="see 'isogroup --help'",
+        )
     if args.connect is not None:
         raise InputError("-c/--connect reads domains from libvirt: use it with --domain NAME or --all")
     schema = None if args.no_schema else find_domain_schema()
@@ -93,7 +96,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     scope = {r.address for d in domains for r in d.pci}
     host = load_host(args, scope)
     claims = load_claims(args)
-    plans = [plan(d, host, claims) for d in domains]
+    host_policy = policy.load(args.policy, required=args.policy is not None)
+    plans = [plan(d, host, claims, host_policy) for d in domains]
     if args.format == "json":
         sys.stdout.write(report.dumps(report.plans_to_json(plans)))
     else:
@@ -123,7 +127,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_install_hook(args: argparse.Namespace) -> int:
-    installed = install_hook(args.hooks_dir, ledger_dir=str(args.ledger), sysfs_root=str(args.sysfs))
+    if args.policy is not None:
+        policy.load(args.policy, required=True)  # refuse to install a hook that would refuse every start
+    installed = install_hook(
+        args.hooks_dir,
+        ledger_dir=str(args.ledger),
+        sysfs_root=str(args.sysfs),
+        policy_path=str(args.policy or DEFAULT_POLICY),
+    )
     sys.stderr.write(f"installed {installed.path}\n")
     if installed.first_hook:
         sys.stderr.write(
@@ -254,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-schema", action="store_true", help="do not validate files against libvirt's RelaxNG schema")
     _add_host_options(p)
     p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
     _add_format(p)
     p.set_defaults(func=cmd_check)
 
@@ -269,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("install-hook", help="install the libvirt qemu hook as a qemu.d drop-in")
     p.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR, metavar="DIR")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="the hook's policy (default: /etc/isogroup/policy.toml)")
     _add_state_options(p, sysfs=True)
     p.set_defaults(func=cmd_install_hook)
 

@@ -7,13 +7,14 @@ network, under a size limit, and anything this module cannot read exactly is an 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lxml import etree
 
 from isogroup.address import PciAddress
 from isogroup.errors import InputError
+from isogroup.policy import DomainPolicy, read_domain_policy
 
 MAX_XML_BYTES = 4 * 1024 * 1024  # libvirt's own domain documents are a few KiB; this is generous
 
@@ -57,6 +58,7 @@ class DomainSpec:
     pci: tuple[PciRequest, ...]
     mdevs: tuple[MdevRequest, ...] = ()
     networks: tuple[NetworkRequest, ...] = ()
+    policy: DomainPolicy = field(default_factory=DomainPolicy)  # the domain's <metadata><isogroup:policy>
 
 
 def _parser() -> etree.XMLParser:
@@ -95,17 +97,17 @@ def _pci_address(element: etree._Element | None, origin: str, owner: etree._Elem
     if element is None:
         raise InputError(f"{_where(origin, owner)}: PCI hostdev has no <source><address .../>")
     values = {}
-    for field in ("domain", "bus", "slot", "function"):
-        raw = element.get(field)
+    for attr in ("domain", "bus", "slot", "function"):
+        raw = element.get(attr)
         if raw is None:
-            if field == "domain":
-                values[field] = 0
+            if attr == "domain":
+                values[attr] = 0
                 continue
-            raise InputError(f"{_where(origin, element)}: <address> has no {field!r} attribute")
+            raise InputError(f"{_where(origin, element)}: <address> has no {attr!r} attribute")
         try:
-            values[field] = parse_number(raw)
+            values[attr] = parse_number(raw)
         except InputError as exc:
-            raise InputError(f"{_where(origin, element)}: address {field}={raw!r}: {exc.message}") from None
+            raise InputError(f"{_where(origin, element)}: address {attr}={raw!r}: {exc.message}") from None
     try:
         return PciAddress(**values)
     except InputError as exc:
@@ -176,7 +178,7 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
                 f"{seen[request.address].line}"
             )
         seen[request.address] = request
-    return DomainSpec(name, uuid, tuple(pci), tuple(mdevs), tuple(networks))
+    return DomainSpec(name, uuid, tuple(pci), tuple(mdevs), tuple(networks), read_domain_policy(root, origin))
 
 
 def _read_network_interface(

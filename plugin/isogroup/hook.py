@@ -7,10 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
+from isogroup import policy
 from isogroup.domainxml import parse_domain
 from isogroup.errors import ExitCode, IsogroupError
 from isogroup.ledger import Ledger
 from isogroup.logsetup import to_syslog
+from isogroup.names import DEFAULT_POLICY
 from isogroup.sysfs import Sysfs
 from isogroup.transaction import Host, Stage, check, prepare, reconnect, release
 
@@ -28,12 +30,16 @@ def run(
     *,
     ledger_dir: str,
     sysfs_root: str,
+    policy_path: str = DEFAULT_POLICY,
     host: Host | None = None,
 ) -> int:
     to_syslog()
-    host = host or Host(Sysfs(Path(sysfs_root)), Ledger(Path(ledger_dir)))
     origin = f"domain '{name}' XML"
     try:
+        # The policy is read on every call that does work: an edit applies to the next guest start.
+        if host is None:
+            host_policy = policy.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
+            host = Host(Sysfs(Path(sysfs_root)), Ledger(Path(ledger_dir)), policy=host_policy)
         if operation == "release":
             log.info("%s: release (%s)", name, extra)
             left = release(host, name)

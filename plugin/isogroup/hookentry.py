@@ -12,7 +12,7 @@ import io
 import os
 import sys
 
-from isogroup.names import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_SYSFS, claim_filename
+from isogroup.names import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_POLICY, DEFAULT_SYSFS, claim_filename
 
 # (operation, sub-operation) pairs that may need work; every other call succeeds doing nothing.
 OPERATIONS = {
@@ -40,6 +40,7 @@ def main(
     stdin: io.BufferedIOBase | None = None,
     ledger_dir: str = DEFAULT_LEDGER_DIR,
     sysfs_root: str = DEFAULT_SYSFS,
+    policy_path: str = DEFAULT_POLICY,
 ) -> int:
     argv = sys.argv if argv is None else argv
     if len(argv) < 3:
@@ -54,4 +55,4 @@ def main(
         return 0
     from isogroup.hook import run  # noqa: PLC0415 - the slow path's imports are paid only when needed
 
-    return run(name, operation, sub, extra, xml, ledger_dir=ledger_dir, sysfs_root=sysfs_root)
+    return run(name, operation, sub, extra, xml, ledger_dir=ledger_dir, sysfs_root=sysfs_root, policy_path=policy_path)

@@ -9,20 +9,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isogroup.errors import InputError
-from isogroup.names import DEFAULT_LEDGER_DIR, DEFAULT_SYSFS
+from isogroup.names import DEFAULT_LEDGER_DIR, DEFAULT_POLICY, DEFAULT_SYSFS
 
 DEFAULT_HOOKS_DIR = Path("/etc/libvirt/hooks")
 HOOK_NAME = "isogroup"
 MARKER = "# isogroup hook: installed by 'isogroup install-hook', removed by 'isogroup uninstall-hook'"
 
 
-def hook_script(python: str, ledger_dir: str = DEFAULT_LEDGER_DIR, sysfs_root: str = DEFAULT_SYSFS) -> str:
+def hook_script(
+    python: str,
+    ledger_dir: str = DEFAULT_LEDGER_DIR,
+    sysfs_root: str = DEFAULT_SYSFS,
+    policy_path: str = DEFAULT_POLICY,
+) -> str:
     """The executable libvirt runs. `-I`: the hook ignores PYTHON* variables and the current directory."""
     options = ""
     if ledger_dir != DEFAULT_LEDGER_DIR:
         options += f", ledger_dir={ledger_dir!r}"
     if sysfs_root != DEFAULT_SYSFS:
         options += f", sysfs_root={sysfs_root!r}"
+    if policy_path != DEFAULT_POLICY:
+        options += f", policy_path={policy_path!r}"
     return (
         f"#!{python} -I\n"
         f"{MARKER}\n"
@@ -50,6 +57,7 @@ def install_hook(
     python: str = sys.executable,
     ledger_dir: str = DEFAULT_LEDGER_DIR,
     sysfs_root: str = DEFAULT_SYSFS,
+    policy_path: str = DEFAULT_POLICY,
 ) -> Installed:
     drop_in = hooks_dir / "qemu.d"
     target = drop_in / HOOK_NAME
@@ -60,7 +68,7 @@ def install_hook(
     try:
         drop_in.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = drop_in / f".{HOOK_NAME}.tmp"
-        tmp.write_text(hook_script(python, ledger_dir, sysfs_root))
+        tmp.write_text(hook_script(python, ledger_dir, sysfs_root, policy_path))
         tmp.chmod(0o755)
         os.replace(tmp, target)
     except OSError as exc:

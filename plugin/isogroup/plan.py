@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from isogroup.address import PciAddress
+from isogroup.model import UseCode
 
 
 class Action(StrEnum):
@@ -27,6 +28,9 @@ class ProblemCode(StrEnum):
     PF_HAS_VFS = "pf-has-vfs"
     NOT_DETACHED = "managed-no-not-detached"
     GROUP_CLAIMED = "group-claimed"
+    HOST_IN_USE = "host-in-use"  # a probe found the host using a device that would leave its driver
+    POLICY_DENIED = "policy-denied"  # the policy's deny list names a device that would leave its driver
+    STRICT_MODE = "strict-mode"  # strict policy: a device not named in the domain XML would have to move
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Problem:
     code: ProblemCode
     address: PciAddress | None
     message: str  # one line a person can act on
+    use: UseCode | None = None  # for host-in-use: what the probe found
 
     def __str__(self) -> str:
         return self.message

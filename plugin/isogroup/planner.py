@@ -1,4 +1,4 @@
-"""The pure planning core: (domain, host topology, claims) -> DomainPlan. It touches nothing on the host.
+"""The pure planning core: (domain, host topology, claims, policy) -> DomainPlan. It touches nothing on the host.
 
 Every problem is collected, not just the first, so that one `check` run tells a person everything to fix.
 """
@@ -6,22 +6,29 @@ Every problem is collected, not just the first, so that one `check` run tells a 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from isogroup.address import PciAddress
 from isogroup.domainxml import DomainSpec, PciRequest
 from isogroup.drivers import VFIO_PCI, is_vfio_driver, is_viable_driver
 from isogroup.model import HostTopology, PciFunction
 from isogroup.plan import Action, DomainPlan, GroupPlan, MemberPlan, Note, Problem, ProblemCode
+from isogroup.policy import DEFAULT, Mode, Policy, ProbeAction, merge
 
 # Who holds which IOMMU group now: group number -> domain name (the ledger's claims).
 Claims = Mapping[int, str]
 
 
-def plan(domain: DomainSpec, host: HostTopology, claims: Claims | None = None) -> DomainPlan:
+def plan(domain: DomainSpec, host: HostTopology, claims: Claims | None = None, policy: Policy = DEFAULT) -> DomainPlan:
     claims = claims or {}
     problems: list[Problem] = []
-    notes = _notes(domain)
+    notes = list(_notes(domain))
     requests = {r.address: r for r in domain.pci}
+    policy, ignored = merge(policy, domain.policy)
+    notes += [
+        Note("policy", f"the domain's {wish} was ignored: {policy.source} does not let domains relax it")
+        for wish in ignored
+    ]
 
     if domain.pci and not host.iommu:
         problems.append(
@@ -73,10 +80,71 @@ def plan(domain: DomainSpec, host: HostTopology, claims: Claims | None = None) -
                 )
             )
         group_plan, group_problems = _plan_group(number, host, requests)
+        group_plan, policy_problems, policy_notes = _apply_policy(group_plan, host, policy)
         groups.append(group_plan)
-        problems.extend(group_problems)
+        problems.extend(group_problems + policy_problems)
+        notes.extend(policy_notes)
 
-    return DomainPlan(domain.name, tuple(groups), tuple(problems), notes)
+    leaving = [m for g in groups for m in g.members if m.action in (Action.MOVE, Action.LIBVIRT)]
+    if leaving and not host.probed:
+        notes.append(
+            Note(
+                "host use",
+                "not probed: this topology carries no host-use findings (captured without root, from a tree "
+                "without /proc, or by an older isogroup), so nothing is known of whether the host uses the devices "
+                "that will leave their drivers; check on the live host as root",
+            )
+        )
+    return DomainPlan(domain.name, tuple(groups), tuple(problems), tuple(notes))
+
+
+def _apply_policy(
+    group_plan: GroupPlan, host: HostTopology, policy: Policy
+) -> tuple[GroupPlan, list[Problem], list[Note]]:
+    """Every member that would leave its driver (moved by isogroup or detached by libvirt) must be allowed by
+    the policy and unused by the host; otherwise it is blocked and the domain refused, or warned about."""
+    members, problems, notes = [], [], []
+    for member in group_plan.members:
+        func = host.by_address[member.address]
+        if member.action not in (Action.MOVE, Action.LIBVIRT):
+            members.append(member)
+            continue
+        blocked = None
+        if policy.deny.matches(func):
+            blocked = Problem(
+                ProblemCode.POLICY_DENIED,
+                func.address,
+                f"{func.address} ({func.driver}, class {func.class_code:06x}) would leave its driver, but the "
+                f"policy ({policy.source}) denies moving it",
+            )
+        elif member.action is Action.MOVE and policy.mode is Mode.STRICT:
+            blocked = Problem(
+                ProblemCode.STRICT_MODE,
+                func.address,
+                f"{func.address} ({func.driver}) shares IOMMU group {group_plan.group} and would have to move, but "
+                "the policy is strict: name it in the domain XML as a hostdev, or use mode 'expand'",
+            )
+        if blocked is not None:
+            problems.append(blocked)
+        for finding in host.findings_for(func.address):
+            if policy.probe_action(finding.code) is ProbeAction.WARN or policy.allow.matches(func):
+                notes.append(Note(f"warning [{finding.code.value}]", f"{finding.message} (allowed by policy)"))
+                continue
+            problems.append(
+                Problem(
+                    ProblemCode.HOST_IN_USE,
+                    func.address,
+                    f"{finding.message}: the host would lose it if the guest took IOMMU group {group_plan.group}",
+                    use=finding.code,
+                )
+            )
+            blocked = blocked or problems[-1]
+        if blocked is not None:
+            on = f"on {member.driver}" if member.driver else "with no driver"
+            members.append(replace(member, action=Action.BLOCKED, why=f"{on}: must stay ({blocked.code.value})"))
+        else:
+            members.append(member)
+    return GroupPlan(group_plan.group, tuple(members)), problems, notes
 
 
 def _request_problems(request: PciRequest, func: PciFunction) -> list[Problem]:

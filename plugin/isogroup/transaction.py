@@ -21,6 +21,8 @@ from isogroup.ledger import Claim, DeviceState, Ledger, LedgerSession, MovedDevi
 from isogroup.model import HostTopology
 from isogroup.plan import Action, DomainPlan
 from isogroup.planner import plan
+from isogroup.policy import DEFAULT as DEFAULT_POLICY
+from isogroup.policy import Policy
 from isogroup.sysfs import Sysfs
 
 log = logging.getLogger("isogroup")
@@ -40,23 +42,44 @@ class Host:
     kernel: Sysfs
     ledger: Ledger
     bind_timeout: float = BIND_TIMEOUT_S
+    policy: Policy = DEFAULT_POLICY
 
 
 def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
     topology = read_topology(host.kernel, scope={r.address for r in domain.pci})
-    return plan(domain, topology, session.claims_by_group()), topology
+    return plan(domain, topology, session.claims_by_group(), host.policy), topology
+
+
+def _settled_claims(host: Host) -> dict[int, str]:
+    """Claims read without the lock (each file is replaced atomically): only settled ones, because a claim still
+    preparing or releasing may be finished or undone by the next locked run."""
+    return {
+        g: c.domain
+        for c in host.ledger.read_all_unlocked()
+        if c.phase in (Phase.ACTIVE, Phase.FAILED)
+        for g in c.groups
+    }
+
+
+def _plan_unlocked(host: Host, domain: DomainSpec) -> DomainPlan:
+    topology = read_topology(host.kernel, scope={r.address for r in domain.pci})
+    return plan(domain, topology, _settled_claims(host), host.policy)
 
 
 def check(host: Host, domain: DomainSpec) -> DomainPlan:
-    """Plan only (migrate, restore): refuse early, change nothing."""
-    with host.ledger.locked() as session:
-        domain_plan, _ = _plan(host, session, domain)
+    """Plan only (migrate, restore): refuse early, change nothing, not even the ledger directory."""
+    domain_plan = _plan_unlocked(host, domain)
     if not domain_plan.ok:
         raise RefusedError(domain_plan.refusal())
     return domain_plan
 
 
 def prepare(host: Host, domain: DomainSpec, stage: Stage) -> DomainPlan:
+    # A refusal must change nothing, not even create the ledger: plan first without the lock. A plan that
+    # passes here is made again under the lock, where the claims are certain.
+    early = _plan_unlocked(host, domain)
+    if not early.ok:
+        raise RefusedError(early.refusal())
     with host.ledger.locked() as session:
         finish_interrupted(host, session)
         domain_plan, topology = _plan(host, session, domain)
