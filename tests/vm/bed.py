@@ -164,12 +164,12 @@ def _job_script(kernel: Kernel, out: Path, script: Path, args: Sequence[str], mo
     load modules from the fetched kernel, then run the script with the checkout's interpreter."""
     q = shlex.quote
     command = " ".join(q(a) for a in (str(guest_python()), "-u", str(script), *args))
+    fresh_tmpfs = "\n".join(f"mount -t tmpfs -o mode={mode} tmpfs {where}" for where, mode in _fresh_tmpfs().items())
     return f"""set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH={q(str(CHECKOUT / "tests"))} VMBED_JOB={q(str(out / "job.json"))} VMBED_OUT={q(str(out))}
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t tmpfs -o mode=755 tmpfs /run
+{fresh_tmpfs}
 mkdir -p /dev/pts /dev/shm /run/lock
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
@@ -187,6 +187,13 @@ rc=$?
 echo "vmbed-job: script exited with $rc"
 echo "$rc" >{q(str(out / "script.rc"))}
 """
+
+
+def _fresh_tmpfs() -> dict[str, str]:
+    """/tmp and /run get a fresh tmpfs in the guest (the host's files there would confuse libvirtd), except one
+    that holds the checkout, which must stay visible: the overlay root is writable there anyway."""
+    wanted = {"/tmp": "1777", "/run": "755"}
+    return {d: mode for d, mode in wanted.items() if not CHECKOUT.resolve().is_relative_to(d)}
 
 
 def _read(path: Path) -> str:
@@ -218,8 +225,8 @@ def run_in_vm(
     assert kernel is not None
     initrd = build_initramfs(KERNEL_ROOT, kernel.version, BUSYBOX, CACHE)
     script = guest_script.resolve()
-    if any(script.is_relative_to(hidden) for hidden in ("/tmp", "/run", "/dev/shm")):
-        raise ValueError(f"{script}: the guest mounts fresh tmpfs on /tmp, /run and /dev/shm; put it elsewhere")
+    if any(script.is_relative_to(hidden) for hidden in (*_fresh_tmpfs(), "/dev/shm")):
+        raise ValueError(f"{script}: the guest mounts a fresh tmpfs over it ({', '.join(_fresh_tmpfs())}, /dev/shm)")
 
     runs = CACHE / "runs"
     runs.mkdir(parents=True, exist_ok=True)
