@@ -17,7 +17,9 @@ done
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
+# libvirt0 (also pulled in by libvirt-dev) ships libvirt's RelaxNG schemas, /usr/share/libvirt/schemas/domain.rng,
+# which `isogroup check` validates domain XML against.
+apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0)
 if [ "$want_test" -eq 1 ]; then
     # shellcheck source=scripts/vm-packages.txt
     mapfile -t vm_pkgs < <(grep -v '^#' scripts/vm-packages.txt | grep -v '^$')

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from isogroup.address import PciAddress
+from isogroup.configspace import CONFIG_SPACE_SIZE
 from isogroup.errors import HostError
 from isogroup.hostscan import read_topology
 from isogroup.model import Header, HostTopology, IommuGroup, PciFunction
@@ -56,6 +57,7 @@ _DRIVER_ATTRS = ("bind", "unbind", "new_id", "remove_id")
 _PAGE_SIZE = 4096
 _PCI_ANY_ID = 0xFFFFFFFF
 _HEADER_TYPE = {Header.ENDPOINT: 0, Header.BRIDGE: 1, Header.CARDBUS: 2}
+CONVENTIONAL_CONFIG_SIZE = 256  # what root reads from a conventional PCI function's sysfs config
 _VGA_CLASSES = (0x0300, 0x0001)  # pci_is_vga(): VGA display, and pre-2.0 "not defined, VGA compatible"
 _NAME = re.compile(r"^[A-Za-z0-9_.:+-]+$")
 
@@ -817,6 +819,8 @@ def _check_kernel_shaped(topology: HostTopology, vfio_loaded: bool) -> None:
         if func.driver == VFIO_PCI and not vfio_loaded:
             raise ValueError(f"{where} is bound to vfio-pci, which is not loaded")
     for func in topology.functions:
+        _check_capabilities(func)
+    for func in topology.functions:
         seen = {func.address}
         parent = func.parent
         while parent is not None:
@@ -825,6 +829,24 @@ def _check_kernel_shaped(topology: HostTopology, vfio_loaded: bool) -> None:
             seen.add(parent)
             parent_func = topology.function(parent)
             parent = parent_func.parent if parent_func else None
+
+
+def _check_capabilities(func: PciFunction) -> None:
+    """Config-space facts the tree can show: a read that stopped at 64 bytes shows none, a conventional function
+    has no ACS capability, and the ACS control word exists only with the capability."""
+    where = str(func.address)
+    known = (func.pcie_type, func.acs_cap, func.acs_ctrl)
+    if not func.capabilities_read and known != (None, None, None):
+        raise ValueError(f"{where}: capabilities are set but capabilities_read is false")
+    if func.pcie_type is not None and not 0 <= func.pcie_type <= 0xF:
+        raise ValueError(f"{where}: PCIe device/port type {func.pcie_type} does not fit in 4 bits")
+    if func.pcie_type is None and (func.acs_cap, func.acs_ctrl) != (None, None):
+        raise ValueError(f"{where}: a conventional PCI function has no ACS extended capability")
+    if func.acs_cap is None and func.acs_ctrl is not None:
+        raise ValueError(f"{where}: an ACS control word without an ACS capability")
+    for value in (func.acs_cap, func.acs_ctrl):
+        if value is not None and not 0 <= value <= 0xFFFF:
+            raise ValueError(f"{where}: ACS registers are 16 bits, not {value:#x}")
 
 
 _NO_GROUP = IommuGroup(-1, ())
@@ -869,7 +891,7 @@ def _make_device(root: Path, topology: HostTopology, func: PciFunction, paths: M
     _write_attr(dev / "device", f"0x{func.device:04x}\n", _RO)
     _write_attr(dev / "class", f"0x{func.class_code:06x}\n", _RO)
     secondary, subordinate = _bus_range(topology, func)
-    (dev / "config").write_bytes(_config_space(func, secondary, subordinate))
+    (dev / "config").write_bytes(config_space(func, secondary, subordinate))
     (dev / "config").chmod(_RW)
     _write_attr(dev / "driver_override", f"{func.driver_override or '(null)'}\n", _RW)
     if func.class_code >> 8 in _VGA_CLASSES:
@@ -925,15 +947,41 @@ def _is_below(topology: HostTopology, func: PciFunction, ancestor: PciAddress) -
     return False
 
 
-def _config_space(func: PciFunction, secondary: int, subordinate: int) -> bytes:
-    """The 64 bytes of config space an unprivileged read returns."""
-    config = bytearray(64)
+def config_space(func: PciFunction, secondary: int = 0, subordinate: int = 0) -> bytes:
+    """The config space a read of sysfs `config` returns: the 64 bytes an unprivileged read gets when the
+    topology does not know the capabilities (`capabilities_read` False); otherwise what root reads, 256 bytes for
+    a conventional function, 4096 for a PCIe one, with its PCIe capability and ACS extended capability."""
+    if not func.capabilities_read:
+        config = bytearray(64)
+    elif func.pcie_type is None:
+        config = bytearray(CONVENTIONAL_CONFIG_SIZE)
+    else:
+        config = bytearray(CONFIG_SPACE_SIZE)
     struct.pack_into("<HH", config, 0x00, func.vendor, func.device)
     config[0x09:0x0C] = func.class_code.to_bytes(3, "little")  # prog-if, subclass, base class
     config[0x0E] = _HEADER_TYPE[func.header] | (0x80 if func.multifunction else 0)
     if func.is_bridge:
         config[0x18:0x1B] = bytes((func.address.bus, secondary, subordinate))
+    if func.capabilities_read:
+        _capabilities(config, func)
     return bytes(config)
+
+
+def _capabilities(config: bytearray, func: PciFunction) -> None:
+    """The capability list (PCI 6.7: status bit 4, pointer at 0x34) and, for PCIe, the extended capabilities from
+    0x100 (PCIe 7.6.3): power management at 0x40, then PCIe at 0x50 with the device/port type in bits 7:4 of its
+    flags; AER at 0x100, then ACS at 0x148 with its capability and control words at +4 and +6."""
+    struct.pack_into("<H", config, 0x06, 0x0010)  # status: capabilities list
+    config[0x34] = 0x40
+    config[0x40:0x44] = bytes((0x01, 0x50 if func.pcie_type is not None else 0x00, 0x03, 0x00))  # PM, version 3
+    if func.pcie_type is None:
+        return
+    config[0x50:0x52] = bytes((0x10, 0x00))  # PCI Express, end of list
+    struct.pack_into("<H", config, 0x52, (func.pcie_type << 4) | 0x2)  # flags: type, capability version 2
+    acs = 0x148
+    struct.pack_into("<I", config, 0x100, 0x0001 | 2 << 16 | (acs if func.acs_cap is not None else 0) << 20)
+    if func.acs_cap is not None:
+        struct.pack_into("<IHH", config, acs, 0x000D | 1 << 16, func.acs_cap, func.acs_ctrl or 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1052,6 +1100,7 @@ __all__ = [
     "SimKernel",
     "SimulationError",
     "WriteRecord",
+    "config_space",
     "is_vfio_driver",
     "make_function",
     "make_topology",

@@ -15,7 +15,8 @@ import pytest
 from isogroup import __version__, snapshot
 from isogroup.cli import main
 from isogroup.errors import ExitCode, InputError
-from isogroup.model import Header, HostTopology, PciFunction
+from isogroup.model import HostTopology, PciFunction
+from simkernel import config_space
 
 SAMPLES = Path(__file__).resolve().parent.parent / "xml-samples"
 HOSTS = SAMPLES / "hosts"
@@ -252,7 +253,6 @@ def _device_dir(root: Path, topo: HostTopology, func: PciFunction) -> Path:
 
 
 def write_sysfs(root: Path, topo: HostTopology) -> None:
-    header_type = {Header.ENDPOINT: 0, Header.BRIDGE: 1, Header.CARDBUS: 2}
     (root / "bus/pci/drivers").mkdir(parents=True)
     (root / "bus/pci/devices").mkdir(parents=True)
     (root / "kernel/iommu_groups").mkdir(parents=True)
@@ -262,11 +262,7 @@ def write_sysfs(root: Path, topo: HostTopology) -> None:
         (d / "vendor").write_text(f"0x{func.vendor:04x}\n")
         (d / "device").write_text(f"0x{func.device:04x}\n")
         (d / "class").write_text(f"0x{func.class_code:06x}\n")
-        config = bytearray(64)
-        config[0:2] = func.vendor.to_bytes(2, "little")
-        config[2:4] = func.device.to_bytes(2, "little")
-        config[0x0E] = header_type[func.header] | (0x80 if func.multifunction else 0)
-        (d / "config").write_bytes(bytes(config))
+        (d / "config").write_bytes(config_space(func))  # capabilities too, when the topology knows them
         (d / "driver_override").write_text(f"{func.driver_override or '(null)'}\n")
         if func.class_code >> 16 == 0x03:
             (d / "boot_vga").write_text("1\n" if func.boot_vga else "0\n")

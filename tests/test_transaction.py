@@ -339,3 +339,19 @@ def test_the_hosts_policy_applies_at_prepare(tmp_path: Path) -> None:
     assert sim.driver(AUDIO) == "snd_hda_intel"  # requested with managed='yes': libvirt's to detach, not ours
     release(strict, "g")
     assert_home(sim, tmp_path / "run")
+
+
+def test_a_failed_hot_unplug_restore_is_retried_alone_never_the_running_guests_other_groups(tmp_path: Path) -> None:
+    sim, host = make_host(tmp_path)
+    prepare(host, parse_domain(domain_xml("g", GPU, SATA)), Stage.PREPARE)  # groups 1 and 3, still running
+    sim.set_faults(Faults(never_bind=(NeverBind(address=str(NIC2), driver="igb"),)))
+    left = release_groups(host, "g", {3})
+    assert left is not None and left.phase is Phase.ACTIVE and left.groups == (1, 3)
+    assert {d.address: d.state.value for d in left.devices if d.group == 3} == {NIC2: "restore-failed"}
+    sim.set_faults(Faults())
+    (after,) = recover(host)
+    assert after.groups == (1,) and after.phase is Phase.ACTIVE
+    assert sim.driver(NIC2) == "igb"
+    assert {sim.driver(a) for a in (AUDIO, USB, UCSI)} == {"vfio-pci"}  # the running guest keeps group 1
+    release(host, "g")
+    assert_home(sim, tmp_path / "run")

@@ -1,6 +1,8 @@
 """Full stack in the real-kernel bed: a real libvirtd (the host's Debian package, inside the VM) starts a
-nested QEMU with a managed PCI hostdev whose IOMMU group has a sibling. One VM boot, each scenario of
-tests/vm/guest_libvirt_scenarios.py reported as its own test."""
+nested QEMU with a managed PCI hostdev whose IOMMU group has a sibling: first without isogroup (QEMU's "not
+viable"), then with isogroup installed by `isogroup install-hook` (the start succeeds, a second domain sharing
+the group is refused with isogroup's one line in virsh's error, destroy puts every driver back). One VM boot,
+each scenario of tests/vm/guest_libvirt_scenarios.py reported as its own test."""
 
 from __future__ import annotations
 
@@ -21,7 +23,19 @@ TOPOLOGY = Topology(
     (slot(RootPort("rp-lv", slot(Device("lv-e1000e", "e1000e"), Device("lv-virtio", "virtio-net-pci")))),),
 )
 
-SCENARIOS = ["daemon_starts", "hostdev_not_viable", "hostdev_viable_after_sibling_bound", "hooks_called"]
+SCENARIOS = [
+    "daemon_starts",
+    "hostdev_not_viable",
+    "hostdev_viable_after_sibling_bound",
+    "hooks_called",
+    # The same domain with isogroup installed as libvirt's qemu.d hook.
+    "isogroup_hook_installed",
+    "isogroup_start_succeeds",
+    "isogroup_refuses_second_domain",
+    "isogroup_refuses_absent_device",
+    "isogroup_destroy_restores",
+    "isogroup_hook_calls",
+]
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +45,7 @@ def libvirt_run() -> VmResult:
         pytest.skip(reason)
     if shutil.which("libvirtd", path="/usr/sbin:/usr/bin") is None or shutil.which("virsh") is None:
         pytest.skip("libvirtd/virsh not installed: run scripts/setup.sh --test (libvirt-daemon, libvirt-clients)")
-    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=420)
+    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=600)
     if not result.booted:
         pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
     return result

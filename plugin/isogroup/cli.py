@@ -19,6 +19,7 @@ from isogroup.logsetup import to_syslog
 from isogroup.model import HostTopology
 from isogroup.names import DEFAULT_LEDGER_DIR, DEFAULT_POLICY
 from isogroup.planner import plan
+from isogroup.probes import ProbeSeams
 from isogroup.schema import find_domain_schema, validate_domain
 from isogroup.sysfs import Sysfs
 from isogroup.transaction import Host, recover
@@ -36,6 +37,9 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
     src.add_argument("--sysfs", type=Path, metavar="DIR", help="a tree laid out like /sys (default: /sys)")
+    # The live host is probed for host use (mounts, routes, open devices...); a --sysfs tree only with these.
+    p.add_argument("--proc", type=Path, metavar="DIR", help="with --sysfs: the matching /proc, to probe host use")
+    p.add_argument("--dev", type=Path, metavar="DIR", help="with --sysfs --proc: the matching /dev (disk labels)")
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -44,11 +48,29 @@ def _add_format(p: argparse.ArgumentParser) -> None:
 
 def load_host(args: argparse.Namespace, scope: Iterable[PciAddress] | None = None) -> HostTopology:
     if args.host is not None:
+        if getattr(args, "proc", None) is not None or getattr(args, "dev", None) is not None:
+            raise InputError("--proc and --dev go with --sysfs: a snapshot carries its findings already")
         return snapshot.load(args.host)
     root = args.sysfs if args.sysfs is not None else Path("/sys")
     if not (root / "bus").is_dir():
         raise InputError(f"{root} does not look like sysfs (no bus/ directory)")
-    return read_topology(Sysfs(root), scope)
+    return read_topology(Sysfs(root), scope, probes=_probe_seams(args, Sysfs(root)))
+
+
+def _probe_seams(args: argparse.Namespace, sysfs: Sysfs) -> ProbeSeams | None:
+    """The live host is probed; a --sysfs tree only with --proc (and --dev for disk labels)."""
+    proc, dev = getattr(args, "proc", None), getattr(args, "dev", None)
+    if args.sysfs is None:
+        if proc is not None or dev is not None:
+            raise InputError("--proc and --dev go with --sysfs: the live host is probed through its own /proc")
+        return ProbeSeams.live_host(sysfs)
+    if proc is None:
+        if dev is not None:
+            raise InputError("--dev needs --proc: a tree is probed only with its /proc")
+        return None
+    if not (proc / "self").exists() and not (proc / "net").is_dir():
+        raise InputError(f"{proc} does not look like /proc (no self/ or net/)")
+    return ProbeSeams.tree(sysfs, proc, dev)
 
 
 def _read_domain_file(path: Path, schema: Path | None = None) -> DomainSpec:
@@ -111,6 +133,22 @@ def cmd_groups(args: argparse.Namespace) -> int:
         sys.stdout.write(report.dumps(report.groups_to_json(host)))
     else:
         sys.stdout.write(report.groups_to_text(host))
+    return ExitCode.OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from isogroup import explain  # noqa: PLC0415 - loaded only when asked for
+
+    address = PciAddress.parse(args.address)
+    if args.host is not None:
+        host = snapshot.load(args.host)
+    else:
+        root = args.sysfs if args.sysfs is not None else Path("/sys")
+        if not (root / "bus").is_dir():
+            raise InputError(f"{root} does not look like sysfs (no bus/ directory)")
+        host = read_topology(Sysfs(root))  # the topology only: explaining needs no host-use probes
+    why = explain.explain(host, address)
+    sys.stdout.write(report.dumps(explain.to_json(why)) if args.format == "json" else explain.to_text(why))
     return ExitCode.OK
 
 
@@ -274,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(p)
     p.set_defaults(func=cmd_groups)
 
+    p = sub.add_parser(
+        "explain",
+        help="why a device shares its IOMMU group, by the kernel's rules, and what would split it",
+    )
+    p.add_argument("address", metavar="ADDRESS", help="the device, as DDDD:BB:SS.F or BB:SS.F")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
+    src.add_argument("--sysfs", type=Path, metavar="DIR", help="a tree laid out like /sys (default: /sys)")
+    _add_format(p)
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("snapshot", help="capture the host's PCI topology as JSON, for --host")
     _add_host_options(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE")
@@ -309,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_hotplug(
         sub, "attach-device", "attach a PCI device to a guest with its whole IOMMU group (libvirt runs no hook)"
     )
+    p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
     p.set_defaults(func=cmd_attach_device)
 
     p = _add_hotplug(sub, "detach-device", "detach a device from a guest and restore its group once unused")

@@ -8,6 +8,7 @@ from isogroup.address import PciAddress
 from isogroup.configspace import CONFIG_SPACE_SIZE, parse_capabilities
 from isogroup.errors import InputError
 from isogroup.model import Header, HostTopology, IommuGroup, PciFunction
+from isogroup.probes import ProbeSeams, probe
 from isogroup.sysfs import IOMMU_GROUPS, PCI_DEVICES, Sysfs
 
 # Config space: the first 64 bytes are readable without root. Byte 0x0e is the header type, bit 7 multifunction.
@@ -95,9 +96,13 @@ def _read_groups(sysfs: Sysfs, numbers: Iterable[str]) -> list[IommuGroup]:
     return groups
 
 
-def read_topology(sysfs: Sysfs, scope: Iterable[PciAddress] | None = None) -> HostTopology:
+def read_topology(
+    sysfs: Sysfs, scope: Iterable[PciAddress] | None = None, *, probes: ProbeSeams | None = None
+) -> HostTopology:
     """The whole host, or with `scope` only what planning for those devices needs: the devices themselves,
-    their groups' members and their PFs. The hook passes a scope so a big host costs what the guest asks for."""
+    their groups' members and their PFs. The hook passes a scope so a big host costs what the guest asks for.
+    With `probes` (seams onto the same host), every function read is probed for host use: `findings` and
+    `probed` are set; without, nothing is known of host use (`probed` False)."""
     all_groups = [n for n in sysfs.listdir(IOMMU_GROUPS) if n.isdigit()]
     iommu = bool(all_groups)
 
@@ -119,4 +124,7 @@ def read_topology(sysfs: Sysfs, scope: Iterable[PciAddress] | None = None) -> Ho
             pf = read_function(sysfs, func.physfn)
             if pf is not None:
                 functions[pf.address] = pf
-    return HostTopology.build(iommu, functions.values(), groups, source=str(sysfs.root))
+    findings = probe(probes, functions) if probes is not None else ()
+    return HostTopology.build(
+        iommu, functions.values(), groups, source=str(sysfs.root), findings=findings, probed=probes is not None
+    )

@@ -43,6 +43,9 @@ class Phase(StrEnum):
 class DeviceState(StrEnum):
     MOVING = "moving"  # intent recorded; the device may be anywhere between its driver and vfio-pci
     MOVED = "moved"  # on vfio-pci, verified
+    # Its group was being given back while the guest kept running (hot-unplug) and the restore failed: only this
+    # device is retried by `recover`, never the running guest's other groups.
+    RESTORE_FAILED = "restore-failed"
 
 
 @dataclass(frozen=True)

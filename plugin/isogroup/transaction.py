@@ -50,7 +50,7 @@ def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[Domai
     return plan(domain, topology, session.claims_by_group(), host.policy), topology
 
 
-def _settled_claims(host: Host) -> dict[int, str]:
+def settled_claims(host: Host) -> dict[int, str]:
     """Claims read without the lock (each file is replaced atomically): only settled ones, because a claim still
     preparing or releasing may be finished or undone by the next locked run."""
     return {
@@ -63,7 +63,7 @@ def _settled_claims(host: Host) -> dict[int, str]:
 
 def _plan_unlocked(host: Host, domain: DomainSpec) -> DomainPlan:
     topology = read_topology(host.kernel, scope={r.address for r in domain.pci})
-    return plan(domain, topology, _settled_claims(host), host.policy)
+    return plan(domain, topology, settled_claims(host), host.policy)
 
 
 def check(host: Host, domain: DomainSpec) -> DomainPlan:
@@ -213,25 +213,26 @@ def release(host: Host, domain: str) -> Claim | None:
 
 def release_groups(host: Host, domain: str, groups: set[int]) -> Claim | None:
     """Hot-unplug, or a hotplug libvirt refused: restore only the devices of `groups` and drop those groups
-    from the domain's claim; the rest of the claim stays as it is. Returns what remains of the claim."""
+    from the domain's claim while the guest keeps running. Returns what remains of the claim."""
     with host.ledger.locked() as session:
         finish_interrupted(host, session)
         claim = session.claim(domain)
-        if claim is None:
-            return None
-        failed = False
-        for device in reversed(claim.devices):
-            if device.group not in groups:
-                continue
-            if _restore_device(host, domain, device):
-                claim = session.write(claim.without_device(device.address))
-            else:
-                failed = True
-        kept = tuple(g for g in claim.groups if g not in groups or claim_holds_devices_in(claim, g))
-        if not kept and not claim.devices:
-            session.remove(domain)
-            return None
-        return session.write(replace(claim, groups=kept, phase=Phase.FAILED if failed else claim.phase))
+        return _release_groups(host, session, claim, groups) if claim is not None else None
+
+
+def _release_groups(host: Host, session: LedgerSession, claim: Claim, groups: set[int]) -> Claim | None:
+    for device in reversed(claim.devices):
+        if device.group not in groups:
+            continue
+        if _restore_device(host, claim.domain, device):
+            claim = session.write(claim.without_device(device.address))
+        else:  # the guest still runs: mark this device alone, so recover retries it and nothing else
+            claim = session.write(claim.with_device(replace(device, state=DeviceState.RESTORE_FAILED)))
+    kept = tuple(g for g in claim.groups if g not in groups or claim_holds_devices_in(claim, g))
+    if not kept and not claim.devices:
+        session.remove(claim.domain)
+        return None
+    return session.write(replace(claim, groups=kept))
 
 
 def claim_holds_devices_in(claim: Claim, group: int) -> bool:
@@ -248,13 +249,16 @@ def finish_interrupted(host: Host, session: LedgerSession) -> None:
 
 
 def recover(host: Host, domains: set[str] | None = None) -> list[Claim]:
-    """`isogroup recover`: finish interrupted runs and retry failed restores; with `domains`, also release
-    those domains' claims (for guests that are gone without a release). Returns the claims that remain."""
+    """`isogroup recover`: finish interrupted runs and retry failed restores (a stopped guest's whole claim; a
+    running guest's hot-unplugged groups only); with `domains`, also release those domains' claims (guests that
+    are gone without a release). Returns the claims that remain."""
     with host.ledger.locked() as session:
         finish_interrupted(host, session)
         for claim in session.claims():
             if claim.phase is Phase.FAILED or (domains is not None and claim.domain in domains):
                 _restore_claim(host, session, claim)
+            elif stranded := {d.group for d in claim.devices if d.state is DeviceState.RESTORE_FAILED}:
+                _release_groups(host, session, claim, stranded)
         return session.claims()
 
 

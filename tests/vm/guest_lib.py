@@ -43,6 +43,9 @@ VFIO_GROUP_UNSET_CONTAINER = _io(VFIO_TYPE, VFIO_BASE + 5)
 VFIO_GROUP_FLAGS_VIABLE = 1 << 0
 VFIO_GROUP_FLAGS_CONTAINER_SET = 1 << 1
 
+# BDF -> (driver, driver_override) of every PCI function: see pci_state().
+PciState = dict[str, tuple[str | None, str | None]]
+
 _BDF = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
 
 
@@ -158,6 +161,21 @@ def restore_host_driver(bdf: str) -> str | None:
 def driver_override(bdf: str) -> str | None:
     value = (device_dir(bdf) / "driver_override").read_text().strip()
     return None if value == "(null)" else value
+
+
+def pci_state() -> PciState:
+    """Every PCI function of the machine: BDF -> (driver, driver_override). Two snapshots compare whole-host
+    state: a step that should change nothing must leave this exactly as it was."""
+    return {bdf.name: (driver(bdf.name), driver_override(bdf.name)) for bdf in sorted((PCI / "devices").iterdir())}
+
+
+def state_diff(before: PciState, after: PciState) -> list[str]:
+    """What changed between two pci_state() snapshots, one line per function: 'BDF: (driver, override) -> ...'."""
+    return [
+        f"{bdf}: {before.get(bdf)} -> {after.get(bdf)}"
+        for bdf in sorted(set(before) | set(after))
+        if before.get(bdf) != after.get(bdf)
+    ]
 
 
 def net_interfaces(bdf: str) -> list[str]:

@@ -1,11 +1,17 @@
 """Guest script for tests/test_vm_libvirt.py: a real libvirtd starts a nested QEMU with a managed PCI hostdev.
 Shows the failure isogroup exists to prevent (a group member left on its host driver makes QEMU's VFIO group
-"not viable") and that binding the sibling by hand makes the same `virsh start` succeed. Device names are
-those of TOPOLOGY in tests/test_vm_libvirt.py.
+"not viable") and that binding the sibling by hand makes the same `virsh start` succeed; then the full stack:
+isogroup installed with `isogroup install-hook` into /etc/libvirt/hooks makes the first `virsh start` succeed,
+refuses a second domain sharing the group (its one-line reason inside virsh's "Hook script execution failed"
+error) and an absent device, and `virsh destroy` puts every driver back, the sibling libvirt alone would leave
+on vfio-pci included. Device names are those of TOPOLOGY in tests/test_vm_libvirt.py.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +20,9 @@ from vm import guest_lib as g
 from vm import guest_libvirt as lv
 
 DOMAIN = "vmbed-hostdev"
+SECOND = "vmbed-second"  # asks for the sibling: same group as DOMAIN's hostdev
+GHOST = "vmbed-ghost"  # asks for a device the VM does not have
+ABSENT = "0000:7f:1f.7"
 HOOK_LOG = Path("/run/vmbed-hooks.log")
 # Records every hook call; reads the domain XML from stdin as libvirt expects, prints nothing to stdout.
 LOGGING_HOOK = f"""#!/bin/sh
@@ -27,10 +36,33 @@ def hook_calls() -> list[str]:
     return HOOK_LOG.read_text().splitlines() if HOOK_LOG.exists() else []
 
 
+def isogroup_status(job: g.Job) -> list[dict[str, object]]:
+    """`isogroup status --format json` on the default ledger (/run/isogroup), where the installed hook writes."""
+    done = g.run([str(job.checkout / ".venv" / "bin" / "isogroup"), "status", "--format", "json"])
+    claims: list[dict[str, object]] = json.loads(done.stdout)
+    return claims
+
+
+def vfio_groups() -> list[str]:
+    return sorted(p.name for p in g.DEV_VFIO.iterdir() if p.name != "vfio") if g.DEV_VFIO.is_dir() else []
+
+
+def hook_failure_line(stderr: str) -> str:
+    """What virsh shows of a failed hook's stderr: the text after libvirt's "unexpected exit status N: "."""
+    marker = "unexpected exit status 1: "
+    for line in stderr.splitlines():
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return ""
+
+
 def main() -> int:
     job = g.load_job()
     rec = g.Recorder(job.out)
     nic, sibling = job.bdf("lv-e1000e"), job.bdf("lv-virtio")
+    g.wait_for(lambda: bool(g.net_interfaces(sibling)))
+    home = g.pci_state()
+    group = g.iommu_group(nic)
     daemon = lv.Libvirtd()
     try:
         with rec.scenario("daemon_starts") as s:
@@ -80,11 +112,103 @@ def main() -> int:
             good_start = ["prepare begin -", "start begin -", "started begin -", "stopped end -", "release end -"]
             expected = [f"{DOMAIN} {call}" for call in failed_start + good_start]
             s.equal(hook_calls(), expected, "hook calls, in order, for the failed and the good start")
+
+        isogroup_full_stack(job, rec, daemon, home, group)
     finally:
         if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
             print(lv.Libvirtd.log_tail(), flush=True)
         daemon.stop()
     return 0
+
+
+def isogroup_full_stack(job: g.Job, rec: g.Recorder, daemon: lv.Libvirtd, home: g.PciState, group: int) -> None:
+    """The same domain with isogroup installed as libvirt's qemu.d hook, default ledger /run/isogroup."""
+    nic, sibling = job.bdf("lv-e1000e"), job.bdf("lv-virtio")
+    calls_before = len(hook_calls())
+
+    with rec.scenario("isogroup_hook_installed") as s:
+        s.equal(g.pci_state(), home, "every device on its original driver before isogroup")
+        g.run([str(job.checkout / ".venv" / "bin" / "isogroup"), "install-hook", "--hooks-dir", str(lv.HOOKS_DIR)])
+        hook = lv.HOOKS_DIR / "qemu.d" / "isogroup"
+        s.check(os.access(hook, os.X_OK), f"{hook} installed and executable")
+        s.check((lv.HOOKS_DIR / "qemu").exists(), "the existing qemu hook was left alone")
+        daemon.reload()  # libvirtd caches which hooks exist
+        lv.define(SECOND, lv.domain_xml(SECOND, [sibling]))
+        lv.define(GHOST, lv.domain_xml(GHOST, [ABSENT]))
+        s.equal(isogroup_status(job), [], "no claims yet")
+
+    with rec.scenario("isogroup_start_succeeds") as s:
+        s.equal(g.driver(sibling), "virtio-pci", "the sibling is on its host driver (the start failed this way)")
+        start = time.monotonic()
+        done = lv.virsh("start", DOMAIN, timeout=180)
+        rec.meta("isogroup_start_seconds", round(time.monotonic() - start, 1))
+        if done.returncode != 0:
+            s.note(f"{done.stderr.strip()}\n{lv.qemu_log(DOMAIN)}")
+        s.check(done.returncode == 0, "virsh start succeeds with isogroup")
+        s.equal(lv.domain_state(DOMAIN), "running", "domain running")
+        s.equal(g.driver(nic), "vfio-pci", "libvirt bound the hostdev to vfio-pci")
+        s.equal(g.driver(sibling), "vfio-pci", "isogroup moved the sibling to vfio-pci")
+        claims = isogroup_status(job)
+        s.note(f"isogroup status: {claims}")
+        s.equal([(c["domain"], c["phase"], c["groups"]) for c in claims], [(DOMAIN, "active", [group])], "one claim")
+        devices = [(d["address"], d["original_driver"], d["state"]) for d in claims[0]["devices"]]  # type: ignore[attr-defined]
+        s.equal(devices, [(sibling, "virtio-pci", "moved")], "the sibling recorded with its original driver")
+        try:
+            os.close(os.open(g.DEV_VFIO / str(group), os.O_RDWR))
+            held = 0
+        except OSError as exc:
+            held = exc.errno or 0
+        s.equal(held, errno.EBUSY, f"QEMU holds /dev/vfio/{group} (a second open is EBUSY)")
+
+    with rec.scenario("isogroup_refuses_second_domain") as s:
+        before, ledger = g.pci_state(), isogroup_status(job)
+        done = lv.virsh("start", SECOND, timeout=180)
+        s.check(done.returncode != 0, "virsh start of a second domain sharing the group fails")
+        s.check("Hook script execution failed" in done.stderr, "as a hook failure")
+        expected = f"isogroup refused '{SECOND}': IOMMU group {group} is in use by guest '{DOMAIN}'"
+        line = hook_failure_line(done.stderr)
+        s.check(line.startswith(expected), f"virsh shows isogroup's one line: {line!r}")
+        s.equal(lv.domain_state(SECOND), "shut off", "the second domain is not running")
+        s.equal(lv.domain_state(DOMAIN), "running", "the first still runs")
+        s.check(g.pci_state() == before, f"nothing moved {g.state_diff(before, g.pci_state())}")
+        s.equal(isogroup_status(job), ledger, "the ledger is as before (the second's release touched nothing)")
+
+    with rec.scenario("isogroup_refuses_absent_device") as s:
+        before, ledger = g.pci_state(), isogroup_status(job)
+        done = lv.virsh("start", GHOST, timeout=180)
+        s.check(done.returncode != 0, "virsh start of a domain with an absent hostdev fails")
+        line = hook_failure_line(done.stderr)
+        s.check(
+            line.startswith(f"isogroup refused '{GHOST}': {ABSENT} is not on this host"),
+            f"virsh shows isogroup's one line: {done.stderr.strip()!r}",
+        )
+        s.check(g.pci_state() == before, f"nothing moved {g.state_diff(before, g.pci_state())}")
+        s.equal(isogroup_status(job), ledger, "the ledger is as before")
+
+    with rec.scenario("isogroup_destroy_restores") as s:
+        start = time.monotonic()
+        lv.virsh("destroy", DOMAIN, check=True)
+        rec.meta("isogroup_destroy_seconds", round(time.monotonic() - start, 1))
+        s.equal(lv.domain_state(DOMAIN), "shut off", "domain destroyed")
+        back = g.wait_for(lambda: g.pci_state() == home, timeout=30)
+        s.check(back, f"every driver back, driver_override cleared {g.state_diff(home, g.pci_state())}")
+        s.equal(
+            g.driver(sibling), "virtio-pci", "the sibling is back on virtio-pci (libvirt alone left it on vfio-pci)"
+        )
+        s.check(g.wait_for(lambda: bool(g.net_interfaces(sibling))), "and has its netdev again")
+        s.equal(isogroup_status(job), [], "the ledger is empty")
+        s.check(g.wait_for(lambda: not vfio_groups()), f"no /dev/vfio/N left {vfio_groups()}")
+
+    with rec.scenario("isogroup_hook_calls") as s:
+        calls = hook_calls()[calls_before:]
+        s.note(f"hook calls with isogroup installed: {calls}")
+        for name in (SECOND, GHOST):
+            mine = [c.split(" ", 1)[1] for c in calls if c.startswith(f"{name} ")]
+            s.check(mine[:1] == ["prepare begin -"] and "start begin -" not in mine, f"{name}: refused at prepare")
+            s.check("release end -" in mine, f"{name}: libvirt still ran release for the failed start: {mine}")
+        mine = [c.split(" ", 1)[1] for c in calls if c.startswith(f"{DOMAIN} ")]
+        good_start = ["prepare begin -", "start begin -", "started begin -", "stopped end -", "release end -"]
+        s.equal(mine, good_start, f"{DOMAIN}: the whole start and stop")
 
 
 if __name__ == "__main__":
