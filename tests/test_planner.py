@@ -420,3 +420,21 @@ def test_planner_imports_nothing_that_reaches_the_host() -> None:
         "subprocess",
     }
     assert loaded & reach_host == set()
+
+
+def test_a_probe_that_could_not_tell_refuses_unless_a_non_root_check_asks_for_warnings() -> None:
+    from isogroup.model import Finding, UseCode
+
+    topo = host(fn("01:00.0", "nvidia", 1), fn("01:00.1", "snd_hda_intel", 1))
+    unsure = Finding(
+        PciAddress.parse("01:00.1"),
+        UseCode.OPEN_UNKNOWN,
+        "/dev/snd",
+        "0000:01:00.1 (snd_hda_intel): could not tell whether its device nodes are open (permission denied)",
+    )
+    probed = type(topo).build(topo.iommu, topo.functions, topo.groups, findings=[unsure], probed=True)
+    strict = plan(dom(req("01:00.0")), probed)
+    assert [p.code for p in strict.problems] == [ProblemCode.HOST_IN_USE]
+    assert strict.problems[0].use is UseCode.OPEN_UNKNOWN
+    lenient = plan(dom(req("01:00.0")), probed, unknown_refuses=False)
+    assert lenient.ok and any("run as root for a verdict" in n.message for n in lenient.notes)

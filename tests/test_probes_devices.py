@@ -229,5 +229,5 @@ def test_proc_that_cannot_be_listed_is_could_not_tell(tree: HostTree) -> None:
     report = probe_report(type(seams).tree(seams.sysfs, tree.root / "no-proc", seams.dev), [address(DGPU)])
     assert report.uses == ()
     codes = {f.code for f in report.unknown}
-    assert UseCode.DISPLAY_CONSOLE in codes or UseCode.OPEN_NODES in codes
+    assert UseCode.DISPLAY_UNKNOWN in codes or UseCode.OPEN_UNKNOWN in codes
     assert any("could not tell whether processes hold /dev/dri/card1 open" in f.message for f in report.unknown)

@@ -136,7 +136,7 @@ def test_an_ipv4_address_no_route_places_is_could_not_tell(tree: HostTree) -> No
     report = probe_report(tree.seams(), [address(NIC)])
     assert report.uses == ()
     (unknown,) = report.unknown
-    assert unknown.code is UseCode.NETWORK_ADDRESS
+    assert unknown.code is UseCode.NETWORK_UNKNOWN
     assert unknown.message.startswith("0000:03:00.0 (igb): could not tell whether enp3s0f0 has IPv4 addresses")
     assert "203.0.113.9" in unknown.message
 

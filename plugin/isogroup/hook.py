@@ -13,6 +13,7 @@ from isogroup.errors import ExitCode, IsogroupError
 from isogroup.ledger import Ledger
 from isogroup.logsetup import to_syslog
 from isogroup.names import DEFAULT_POLICY
+from isogroup.probes import ProbeSeams
 from isogroup.sysfs import Sysfs
 from isogroup.transaction import Host, Stage, check, prepare, reconnect, release
 
@@ -39,7 +40,10 @@ def run(
         # The policy is read on every call that does work: an edit applies to the next guest start.
         if host is None:
             host_policy = policy.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
-            host = Host(Sysfs(Path(sysfs_root)), Ledger(Path(ledger_dir)), policy=host_policy)
+            kernel = Sysfs(Path(sysfs_root))
+            # The host's use of a device is probed on the live host only; another tree has no /proc to match.
+            probes = ProbeSeams.live_host(kernel) if kernel.root == Path("/sys") else None
+            host = Host(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)
         if operation == "release":
             log.info("%s: release (%s)", name, extra)
             left = release(host, name)

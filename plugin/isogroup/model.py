@@ -34,6 +34,19 @@ class UseCode(StrEnum):
     SRIOV_VFS = "sriov-vfs"  # a PF whose VFs are in use
     MDEV_ACTIVE = "mdev-active"  # an mdev parent with active mediated devices
     OPEN_NODES = "open-nodes"  # processes hold its device nodes open
+    # A probe could not tell (not root, an unreadable file): never the same as "unused". Same families, so a
+    # policy that warns on a family warns on its unknowns too.
+    STORAGE_UNKNOWN = "storage-unknown"
+    NETWORK_UNKNOWN = "network-unknown"
+    DISPLAY_UNKNOWN = "display-unknown"
+    USB_UNKNOWN = "usb-unknown"
+    SRIOV_UNKNOWN = "sriov-unknown"
+    MDEV_UNKNOWN = "mdev-unknown"
+    OPEN_UNKNOWN = "open-unknown"
+
+    @property
+    def unknown(self) -> bool:
+        return self.value.endswith("-unknown")
 
     @property
     def family(self) -> str:

@@ -19,7 +19,16 @@ from isogroup.policy import DEFAULT, Mode, Policy, ProbeAction, merge
 Claims = Mapping[int, str]
 
 
-def plan(domain: DomainSpec, host: HostTopology, claims: Claims | None = None, policy: Policy = DEFAULT) -> DomainPlan:
+def plan(
+    domain: DomainSpec,
+    host: HostTopology,
+    claims: Claims | None = None,
+    policy: Policy = DEFAULT,
+    *,
+    unknown_refuses: bool = True,
+) -> DomainPlan:
+    """`unknown_refuses` False turns a probe's "could not tell" into a warning: for a person checking the live
+    host without root, who is told to run as root for a verdict. The hook and snapshots always fail closed."""
     claims = claims or {}
     problems: list[Problem] = []
     notes = list(_notes(domain))
@@ -80,7 +89,7 @@ def plan(domain: DomainSpec, host: HostTopology, claims: Claims | None = None, p
                 )
             )
         group_plan, group_problems = _plan_group(number, host, requests)
-        group_plan, policy_problems, policy_notes = _apply_policy(group_plan, host, policy)
+        group_plan, policy_problems, policy_notes = _apply_policy(group_plan, host, policy, unknown_refuses)
         groups.append(group_plan)
         problems.extend(group_problems + policy_problems)
         notes.extend(policy_notes)
@@ -99,7 +108,7 @@ def plan(domain: DomainSpec, host: HostTopology, claims: Claims | None = None, p
 
 
 def _apply_policy(
-    group_plan: GroupPlan, host: HostTopology, policy: Policy
+    group_plan: GroupPlan, host: HostTopology, policy: Policy, unknown_refuses: bool
 ) -> tuple[GroupPlan, list[Problem], list[Note]]:
     """Every member that would leave its driver (moved by isogroup or detached by libvirt) must be allowed by
     the policy and unused by the host; otherwise it is blocked and the domain refused, or warned about."""
@@ -127,6 +136,9 @@ def _apply_policy(
         if blocked is not None:
             problems.append(blocked)
         for finding in host.findings_for(func.address):
+            if finding.code.unknown and not unknown_refuses:
+                notes.append(Note(f"warning [{finding.code.value}]", f"{finding.message} (run as root for a verdict)"))
+                continue
             if policy.probe_action(finding.code) is ProbeAction.WARN or policy.allow.matches(func):
                 notes.append(Note(f"warning [{finding.code.value}]", f"{finding.message} (allowed by policy)"))
                 continue

@@ -23,6 +23,7 @@ from isogroup.plan import Action, DomainPlan
 from isogroup.planner import plan
 from isogroup.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.policy import Policy
+from isogroup.probes import ProbeSeams
 from isogroup.sysfs import Sysfs
 
 log = logging.getLogger("isogroup")
@@ -43,10 +44,11 @@ class Host:
     ledger: Ledger
     bind_timeout: float = BIND_TIMEOUT_S
     policy: Policy = DEFAULT_POLICY
+    probes: ProbeSeams | None = None  # host-use probes; None: plans say host use was not probed
 
 
 def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
-    topology = read_topology(host.kernel, scope={r.address for r in domain.pci})
+    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes)
     return plan(domain, topology, session.claims_by_group(), host.policy), topology
 
 
@@ -62,7 +64,7 @@ def settled_claims(host: Host) -> dict[int, str]:
 
 
 def _plan_unlocked(host: Host, domain: DomainSpec) -> DomainPlan:
-    topology = read_topology(host.kernel, scope={r.address for r in domain.pci})
+    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes)
     return plan(domain, topology, settled_claims(host), host.policy)
 
 

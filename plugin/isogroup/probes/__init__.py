@@ -14,8 +14,10 @@ Each probe is a small function over the functions being probed (see its module f
   mdev     (devices.py)  an mdev parent with active mediated devices
   open     (nodes.py)    device nodes held open by processes; DRM nodes count as display-clients
 
-Nothing is run, nothing written: sysfs, /proc and /dev are read; on the live host, netlink is asked for the
-interface addresses and unclaimed block devices are opened read-only, once exclusively.
+Nothing is run, nothing written: sysfs, /proc and udev's database are read; a block device nothing else
+explains has its first 256 KiB read (LVM and ZFS labels) unless udev already recorded what is on it; on the
+live host, netlink is asked for the interface addresses and each such device is opened once exclusively
+(read-only, closed at once).
 
 Could not tell. A probe that cannot read what it needs (/proc/PID/fd of other users without root, a block
 device it may not open, a missing /proc file on a tree) never reports "unused" and never raises: it adds a

@@ -24,15 +24,7 @@ from isogroup.sysfs import Sysfs
 # policy for that family (refuse or warn) covers it too. The message always starts "could not tell whether".
 # model.UseCode has no code of its own for it yet; each family maps to its code for the use that could not be
 # ruled out. Proposed: one `<family>-unknown` code per family, which changes only this table.
-UNKNOWN_CODES: dict[str, UseCode] = {
-    "storage": UseCode.STORAGE_BUSY,
-    "network": UseCode.NETWORK_ADDRESS,
-    "display": UseCode.DISPLAY_CONSOLE,
-    "usb": UseCode.USB_INPUT,
-    "sriov": UseCode.SRIOV_VFS,
-    "mdev": UseCode.MDEV_ACTIVE,
-    "open": UseCode.OPEN_NODES,
-}
+UNKNOWN_CODES: dict[str, UseCode] = {code.family: code for code in UseCode if code.unknown}
 UNKNOWN_PREFIX = "could not tell whether"
 # How sysfs names a PCI function's directory (domain of 4 or more hex digits: VMD uses 5).
 _PCI_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
