@@ -927,7 +927,7 @@ def to_json(e: Explanation) -> dict[str, object]:
 def to_text(e: Explanation) -> str:
     out = [f"{e.address} [{e.ids}] {e.driver or '(no driver)'}: {e.kind}"]
     if e.agreement is Agreement.NO_IOMMU:
-        out.append("the host formed no IOMMU groups; by the kernel's rules it would form:")
+        out.append("the host formed no IOMMU groups (no IOMMU, or it is off): below is what the kernel would form")
     elif e.kernel_group is None:
         out.append("the kernel gave it no IOMMU group")
     else:
