@@ -15,7 +15,7 @@ from isogroup.domainxml import DomainSpec, parse_domain
 from isogroup.errors import ExitCode, InputError, IsogroupError, StateError
 from isogroup.hostscan import read_topology
 from isogroup.install import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
-from isogroup.ledger import Claim, Ledger, Phase
+from isogroup.ledger import Claim, Ledger, Phase, claim_to_json
 from isogroup.logsetup import to_syslog
 from isogroup.model import HostTopology
 from isogroup.names import DEFAULT_LEDGER_DIR, DEFAULT_POLICY
@@ -191,27 +191,6 @@ def cmd_uninstall_hook(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _claims_to_json(claims: Sequence[Claim]) -> list[dict[str, object]]:
-    return [
-        {
-            "domain": c.domain,
-            "phase": c.phase.value,
-            "groups": list(c.groups),
-            "devices": [
-                {
-                    "address": str(d.address),
-                    "group": d.group,
-                    "original_driver": d.original_driver,
-                    "original_override": d.original_override,
-                    "state": d.state.value,
-                }
-                for d in c.devices
-            ],
-        }
-        for c in claims
-    ]
-
-
 def _claims_to_text(claims: Sequence[Claim]) -> str:
     if not claims:
         return "no claims: isogroup holds no IOMMU group and has moved no device\n"
@@ -233,7 +212,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise InputError("-c/--connect and --status-dir compare with libvirt: use them with --libvirt")
     claims = Ledger(args.ledger).read_all_unlocked()
     if args.format == "json":
-        sys.stdout.write(report.dumps(_claims_to_json(claims)))
+        sys.stdout.write(report.dumps([claim_to_json(c) for c in claims]))
     else:
         sys.stdout.write(_claims_to_text(claims))
     return ExitCode.OK

@@ -77,7 +77,7 @@ class Claim:
         return replace(self, devices=tuple(d for d in self.devices if d.address != address))
 
 
-def _claim_to_json(claim: Claim) -> dict[str, Any]:
+def claim_to_json(claim: Claim) -> dict[str, Any]:
     return {
         "version": VERSION,
         "domain": claim.domain,
@@ -236,7 +236,7 @@ class LedgerSession:
         claim = replace(claim, updated=time.time())
         name = claim_filename(claim.domain)
         tmp = f".{name}.{os.getpid()}.tmp"
-        data = (json.dumps(_claim_to_json(claim), indent=1) + "\n").encode()
+        data = (json.dumps(claim_to_json(claim), indent=1) + "\n").encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._fd)
         try:
             os.write(fd, data)
