@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from isogroup import agreement, policy, report
-from isogroup.cli import _claims_to_json, _claims_to_text, load_claims, load_host
+from isogroup.cli import _claims_to_text, load_claims, load_host
 from isogroup.domainxml import DomainSpec
 from isogroup.errors import ExitCode, InputError
 from isogroup.hotplug import attach_device, detach_device
-from isogroup.ledger import Ledger
+from isogroup.ledger import Ledger, claim_to_json
 from isogroup.live import groups_in_use, spec_of
 from isogroup.logsetup import to_syslog
 from isogroup.names import DEFAULT_SYSFS
@@ -121,7 +121,7 @@ def status(args: argparse.Namespace) -> int:
     found = agreement.compare(claims, running, nodes, status_files)
     if args.format == "json":
         doc = {
-            "claims": _claims_to_json(claims),
+            "claims": [claim_to_json(c) for c in claims],
             "libvirt": {
                 "uri": uri,
                 "running": [s.name for s in running],
