@@ -31,7 +31,7 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def read_function(sysfs: Sysfs, address: PciAddress) -> PciFunction | None:
+def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = True) -> PciFunction | None:
     """None when the device is not there (it was removed, or never existed)."""
     base = Sysfs.device(address)
     vendor = _hex(sysfs.read(f"{base}/vendor"))
@@ -41,7 +41,8 @@ def read_function(sysfs: Sysfs, address: PciAddress) -> PciFunction | None:
         return None
 
     header_byte = None
-    config = sysfs.read_bytes(f"{base}/config", CONFIG_SPACE_SIZE)
+    # The whole config space costs a thousand config cycles per function; planning needs only the header.
+    config = sysfs.read_bytes(f"{base}/config", CONFIG_SPACE_SIZE if capabilities else 64)
     if config is not None and len(config) > _HEADER_TYPE_OFFSET:
         header_byte = config[_HEADER_TYPE_OFFSET]
     caps = parse_capabilities(config) if config is not None else None
@@ -97,12 +98,17 @@ def _read_groups(sysfs: Sysfs, numbers: Iterable[str]) -> list[IommuGroup]:
 
 
 def read_topology(
-    sysfs: Sysfs, scope: Iterable[PciAddress] | None = None, *, probes: ProbeSeams | None = None
+    sysfs: Sysfs,
+    scope: Iterable[PciAddress] | None = None,
+    *,
+    probes: ProbeSeams | None = None,
+    capabilities: bool = True,
 ) -> HostTopology:
     """The whole host, or with `scope` only what planning for those devices needs: the devices themselves,
     their groups' members and their PFs. The hook passes a scope so a big host costs what the guest asks for.
     With `probes` (seams onto the same host), every function read is probed for host use: `findings` and
-    `probed` are set; without, nothing is known of host use (`probed` False)."""
+    `probed` are set; without, nothing is known of host use (`probed` False). `capabilities` False skips the
+    config space past its header (ACS, port type: `explain` needs them, planning does not)."""
     all_groups = [n for n in sysfs.listdir(IOMMU_GROUPS) if n.isdigit()]
     iommu = bool(all_groups)
 
@@ -117,11 +123,11 @@ def read_topology(
     groups = _read_groups(sysfs, group_numbers)
     for group in groups:
         addresses.update(group.members)
-    functions = {a: f for a in addresses if (f := read_function(sysfs, a)) is not None}
+    functions = {a: f for a in addresses if (f := read_function(sysfs, a, capabilities=capabilities)) is not None}
     # A VF's PF decides whether the VF may move (its own use); read it too.
     for func in list(functions.values()):
         if func.physfn is not None and func.physfn not in functions:
-            pf = read_function(sysfs, func.physfn)
+            pf = read_function(sysfs, func.physfn, capabilities=capabilities)
             if pf is not None:
                 functions[pf.address] = pf
     findings = probe(probes, functions) if probes is not None else ()

@@ -134,7 +134,10 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({str(self.dir)!r})"
 
-    # -- cheap questions, asked without the lock by the hook's fast path --------------------------------------
+    # -- cheap questions, asked without the lock --------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.lexists(self.dir / "lock")
+
     def has_claim(self, domain: str) -> bool:
         return os.path.lexists(self.dir / CLAIMS / claim_filename(domain))
 

@@ -24,7 +24,7 @@ from isogroup.planner import plan
 from isogroup.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.policy import Policy
 from isogroup.probes import ProbeSeams
-from isogroup.sysfs import Sysfs
+from isogroup.sysfs import IOMMU_GROUPS, Sysfs
 
 log = logging.getLogger("isogroup")
 
@@ -48,7 +48,7 @@ class Host:
 
 
 def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
-    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes)
+    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes, capabilities=False)
     return plan(domain, topology, session.claims_by_group(), host.policy), topology
 
 
@@ -64,7 +64,7 @@ def settled_claims(host: Host) -> dict[int, str]:
 
 
 def _plan_unlocked(host: Host, domain: DomainSpec) -> DomainPlan:
-    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes)
+    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes, capabilities=False)
     return plan(domain, topology, settled_claims(host), host.policy)
 
 
@@ -77,11 +77,12 @@ def check(host: Host, domain: DomainSpec) -> DomainPlan:
 
 
 def prepare(host: Host, domain: DomainSpec, stage: Stage) -> DomainPlan:
-    # A refusal must change nothing, not even create the ledger: plan first without the lock. A plan that
-    # passes here is made again under the lock, where the claims are certain.
-    early = _plan_unlocked(host, domain)
-    if not early.ok:
-        raise RefusedError(early.refusal())
+    # A refusal must change nothing, not even create the ledger: where there is none yet, plan first without
+    # the lock. A plan that passes is made again under the lock, where the claims are certain.
+    if not host.ledger.exists():
+        early = _plan_unlocked(host, domain)
+        if not early.ok:
+            raise RefusedError(early.refusal())
     with host.ledger.locked() as session:
         finish_interrupted(host, session)
         domain_plan, topology = _plan(host, session, domain)
@@ -132,28 +133,23 @@ def _apply(
 
 
 def _verify(host: Host, domain_plan: DomainPlan, stage: Stage) -> None:
-    """Re-read the groups from the kernel: every member must now be on a driver VFIO accepts (at prepare,
-    libvirt's own managed='yes' devices are still to come), and the VFIO group ioctl must agree."""
-    scope = {m.address for g in domain_plan.groups for m in g.members}
-    now = read_topology(host.kernel, scope=scope)
+    """Re-read each group from the kernel, its members and their drivers only: every member must now be on a
+    driver VFIO accepts (at prepare, libvirt's own managed='yes' devices are still to come), and the VFIO group
+    ioctl must agree."""
     for group_plan in domain_plan.groups:
         planned = {m.address: m for m in group_plan.members}
-        group = now.by_group.get(group_plan.group)
-        if group is None:
+        members = host.kernel.listdir(f"{IOMMU_GROUPS}/{group_plan.group}/devices")
+        if not members:
             raise HostError(f"IOMMU group {group_plan.group} disappeared while it was being prepared")
         libvirt_pending = stage is Stage.PREPARE and any(m.action is Action.LIBVIRT for m in group_plan.members)
         blockers = []
-        for address in group.members:
-            func = now.by_address.get(address)
-            member = planned.get(address)
+        for name in members:
+            member = planned.get(PciAddress.parse(name))
+            driver = host.kernel.link_name(Sysfs.device(PciAddress.parse(name), "driver"))
             if member is None:
-                blockers.append(f"{address} joined the group")
-            elif (
-                func is not None
-                and not is_viable_driver(func.driver)
-                and not (libvirt_pending and member.action is Action.LIBVIRT)
-            ):
-                blockers.append(f"{address} is on {func.driver}")
+                blockers.append(f"{name} joined the group")
+            elif not is_viable_driver(driver) and not (libvirt_pending and member.action is Action.LIBVIRT):
+                blockers.append(f"{name} is on {driver}")
         if blockers:
             raise HostError(f"IOMMU group {group_plan.group} is still not viable: {'; '.join(blockers)}")
         if not libvirt_pending and host.kernel.vfio_group_viable(group_plan.group) is False:
