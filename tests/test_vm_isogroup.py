@@ -70,6 +70,7 @@ SCENARIOS = [
     "no_hostdev_fast_path",
     "alone_in_group",
     "multifunction_sibling",
+    "sibling_driver_override_kept",
     "behind_pcie_pci_bridge",
     "behind_pci_bridge",
     "no_acs_root_port",
@@ -80,8 +81,8 @@ SCENARIOS = [
     "sigkill_then_recover",
     "sigkill_then_next_hook",
     "prepare_overhead",
-    "host_use_routed_nic_not_refused_yet",
-    "host_use_mounted_disk_not_refused_yet",
+    "refused_routed_nic_sibling",
+    "refused_mounted_disk_sibling",
 ]
 
 

@@ -230,12 +230,13 @@ def expect_refused(s: g.Scenario, run: HookRun, domain: str, reason: str) -> Non
     s.check(reason in lines[0], f"the line gives the reason {reason!r}")
 
 
-def expect_home(ctx: Ctx, s: g.Scenario, iso: Isogroup, *domains: Domain) -> None:
-    """Every function back on its original driver, driver_override cleared, no VFIO group node, empty ledger,
-    and the hook never wrote on stdout."""
-    home = g.wait_for(lambda: g.pci_state() == ctx.home, timeout=15)
-    diff = "" if home else ": " + "; ".join(g.state_diff(ctx.home, g.pci_state()))
-    s.check(home, "every PCI function is back on its original driver, driver_override cleared" + diff)
+def expect_home(ctx: Ctx, s: g.Scenario, iso: Isogroup, *domains: Domain, home: PciState | None = None) -> None:
+    """Every function back on its original driver with its original driver_override (cleared, unless `home`
+    says otherwise), no VFIO group node, empty ledger, and the hook never wrote on stdout."""
+    expected = ctx.home if home is None else home
+    back = g.wait_for(lambda: g.pci_state() == expected, timeout=15)
+    diff = "" if back else ": " + "; ".join(g.state_diff(expected, g.pci_state()))
+    s.check(back, "every PCI function is back on its original driver and driver_override" + diff)
     s.check(g.wait_for(lambda: not vfio_groups()), f"no /dev/vfio/N left ({vfio_groups()})")
     s.equal(iso.status(), [], "isogroup status --format json: the ledger is empty")
     for d in domains:
@@ -297,6 +298,7 @@ def passthrough_cycle(
     keepers: Sequence[str] = (),
     *,
     release_twice: bool = False,
+    home: PciState | None = None,
 ) -> None:
     """One managed='yes' hostdev through libvirt's whole start and stop. `movers` must be moved by isogroup at
     prepare and come back at release; `keepers` (bridges, pcieport) share the group and must never be touched."""
@@ -321,13 +323,15 @@ def passthrough_cycle(
     )
     for bdf in moved:
         s.equal(after[bdf], (VFIO_PCI, VFIO_PCI), f"{bdf}: on vfio-pci, driver_override vfio-pci")
+        s.equal(g.net_interfaces(bdf), [], f"{bdf}: its netdev is gone from the host")
     for bdf in kept:
         s.note(f"{bdf} stays {before[bdf][0] or 'without a driver'}")
 
     claims = iso.claims()
     s.equal([(c["domain"], c["phase"], c["groups"]) for c in claims], [(tag, "active", [group])], "one active claim")
-    recorded = {d["address"]: (d["original_driver"], d["state"]) for d in claims[0]["devices"]}
-    s.equal(recorded, {bdf: (before[bdf][0], "moved") for bdf in moved}, "each moved device recorded with its driver")
+    recorded = {d["address"]: (d["original_driver"], d["original_override"], d["state"]) for d in claims[0]["devices"]}
+    expected = {bdf: (*before[bdf], "moved") for bdf in moved}
+    s.equal(recorded, expected, "each moved device recorded with its original driver and driver_override")
     if moved:
         s.equal(viability(group), False, "VFIO ioctl: not viable yet, the hostdev is still on its host driver")
 
@@ -342,10 +346,10 @@ def passthrough_cycle(
     dom.reattach_managed()
     s.equal(g.driver(hostdev), before[hostdev][0], "libvirt gave the hostdev back")
     expect_ok(s, dom.call("release", "end"), "release end")
-    expect_home(ctx, s, iso, dom)
+    expect_home(ctx, s, iso, dom, home=home)
     if release_twice:
         expect_ok(s, dom.call("release", "end"), "a second release end changes nothing")
-        s.equal(g.pci_state(), ctx.home, "still home")
+        s.equal(g.pci_state(), ctx.home if home is None else home, "still home")
 
 
 def alone_in_group(ctx: Ctx, s: g.Scenario) -> None:
@@ -358,6 +362,20 @@ def multifunction_sibling(ctx: Ctx, s: g.Scenario) -> None:
     release returns both to their original drivers."""
     passthrough_cycle(ctx, s, "multifunction", "mf-nic", ["mf-virtio"], release_twice=True)
     s.check(g.wait_for(lambda: bool(g.net_interfaces(ctx.job.bdf("mf-virtio")))), "virtio-net has its netdev again")
+
+
+def sibling_driver_override_kept(ctx: Ctx, s: g.Scenario) -> None:
+    """A sibling pinned to its driver with driver_override (as driverctl does) comes back to that driver with
+    the same override: release restores exactly what was there, not merely "a" host driver."""
+    sibling = ctx.job.bdf("mf-virtio")
+    (g.device_dir(sibling) / "driver_override").write_text("virtio-pci")
+    try:
+        s.equal(g.driver_override(sibling), "virtio-pci", "the sibling's driver_override is pinned to virtio-pci")
+        home = {**ctx.home, sibling: ("virtio-pci", "virtio-pci")}
+        passthrough_cycle(ctx, s, "pinned", "mf-nic", ["mf-virtio"], home=home)
+        s.equal(g.driver_override(sibling), "virtio-pci", "its driver_override is virtio-pci again")
+    finally:
+        (g.device_dir(sibling) / "driver_override").write_text("\n")
 
 
 def behind_pcie_pci_bridge(ctx: Ctx, s: g.Scenario) -> None:
@@ -561,52 +579,54 @@ def sigkill_then_next_hook(ctx: Ctx, s: g.Scenario) -> None:
     expect_home(ctx, s, iso, dom, other)
 
 
-def host_use_routed_nic_not_refused_yet(ctx: Ctx, s: g.Scenario) -> None:
-    """TODAY'S BEHAVIOUR, NOT THE GOAL: a sibling NIC that carries the host's default route is moved to
-    vfio-pci, and the host loses its route. isogroup has no host-use probes yet (issue 5).
-
-    When issue 5 lands this scenario must fail, and then be rewritten to expect: prepare exits 1 with one line
-    "isogroup refused 'routed': <route-virtio> ... carries the default route ...", nothing moved, the route
-    still there, the ledger empty.
-    """
+def refused_routed_nic_sibling(ctx: Ctx, s: g.Scenario) -> None:
+    """A sibling NIC that is up with an address and carries the host's default route: prepare is refused with
+    the one-line reason naming the NIC, nothing moves, the route stays. Once the host stops using the NIC
+    (address flushed, link down) the same guest starts, and release puts everything back."""
     job = ctx.job
     nic, sibling = job.bdf("route-nic"), job.bdf("route-virtio")
-    s.equal(g.group_members(g.iommu_group(nic)), sorted([nic, sibling]), "hostdev and routed NIC share a group")
+    group = g.iommu_group(nic)
+    s.equal(g.group_members(group), sorted([nic, sibling]), "hostdev and routed NIC share a group")
     s.check(g.wait_for(lambda: bool(g.net_interfaces(sibling))), "the sibling has a netdev")
     ifname = g.net_interfaces(sibling)[0]
-    g.run(["ip", "addr", "add", "10.9.0.1/24", "dev", ifname])
-    g.run(["ip", "link", "set", ifname, "up"])
-    g.run(["ip", "route", "add", "default", "via", "10.9.0.2", "dev", ifname, "onlink"])
-    s.check(ifname in g.run(["ip", "route", "show", "default"]).stdout, f"the default route goes through {ifname}")
-
     iso = fresh(ctx)
     dom = Domain(iso, "routed", [nic])
-    prepare = dom.call("prepare", "begin")
-    # Today: accepted and moved. Issue 5: expect_refused(s, prepare, "routed", "default route") + nothing moved.
-    expect_ok(s, prepare, "TODAY prepare begin succeeds: no host-use probe yet (issue 5)")
-    s.equal(g.driver(sibling), VFIO_PCI, "TODAY the NIC carrying the default route was moved to vfio-pci")
-    route = g.run(["ip", "route", "show", "default"]).stdout.strip()
-    s.note(f"TODAY the host's default route after prepare: {route or '(none: lost with the NIC)'}")
-    dom.detach_managed()
-    expect_ok(s, dom.call("start", "begin"), "start begin")
+    try:
+        g.run(["ip", "addr", "add", "10.9.0.1/24", "dev", ifname])
+        g.run(["ip", "link", "set", ifname, "up"])
+        g.run(["ip", "route", "add", "default", "via", "10.9.0.2", "dev", ifname, "onlink"])
+        s.check(ifname in g.run(["ip", "route", "show", "default"]).stdout, f"the default route goes through {ifname}")
+
+        before = g.pci_state()
+        refused = dom.start()
+        s.check(refused is not None, "the guest does not start")
+        assert refused is not None
+        expect_refused(s, refused, "routed", sibling)
+        s.check(ifname in refused.stderr, f"the reason names the interface {ifname}")
+        expect_unchanged(s, before, iso, [])
+        s.check(ifname in g.run(["ip", "route", "show", "default"]).stdout, "the default route is still there")
+    finally:
+        g.run(["ip", "route", "flush", "dev", ifname], check=False)
+        g.run(["ip", "addr", "flush", "dev", ifname], check=False)
+        g.run(["ip", "link", "set", ifname, "down"], check=False)
+
+    started = dom.start()
+    s.check(started is None, f"with the NIC unused the same guest starts ({started and started.describe()})")
+    s.equal(g.driver(sibling), VFIO_PCI, "the now idle NIC was moved")
+    s.equal(viability(group), True, "VFIO ioctl: the group is viable")
     expect_ok(s, dom.stop(), "release end")
     s.check(g.wait_for(lambda: bool(g.net_interfaces(sibling))), "release gave the NIC back to virtio-net")
-    s.note(f"after release: {g.run(['ip', '-brief', 'addr', 'show']).stdout.strip()!r}; the address is not restored")
     expect_home(ctx, s, iso, dom)
 
 
-def host_use_mounted_disk_not_refused_yet(ctx: Ctx, s: g.Scenario) -> None:
-    """TODAY'S BEHAVIOUR, NOT THE GOAL: an AHCI function whose disk is mounted shares the hostdev's group, and
-    prepare moves it to vfio-pci: the mounted disk vanishes from under its file system. isogroup has no
-    host-use probes yet (issue 5).
-
-    When issue 5 lands this scenario must fail, and then be rewritten to expect: prepare exits 1 with one line
-    "isogroup refused 'disk': <disk-ahci> ... /dev/sdX is mounted on /mnt/vmbed-isogroup-disk ...", nothing
-    moved, the file system still readable, the ledger empty.
-    """
+def refused_mounted_disk_sibling(ctx: Ctx, s: g.Scenario) -> None:
+    """An AHCI function whose disk is mounted shares the hostdev's group: prepare is refused with the one-line
+    reason naming the disk and the mount point, nothing moves, the file system stays readable. After umount the
+    same guest starts, and release gives the controller and its disk back."""
     job = ctx.job
     nic, ahci = job.bdf("disk-nic"), job.bdf("disk-ahci")
-    s.equal(g.group_members(g.iommu_group(nic)), sorted([nic, ahci]), "hostdev and disk controller share a group")
+    group = g.iommu_group(nic)
+    s.equal(g.group_members(group), sorted([nic, ahci]), "hostdev and disk controller share a group")
     s.check(
         g.wait_for(lambda: bool(g.block_devices(ahci)), timeout=30),
         f"the controller has a disk {g.block_devices(ahci)}",
@@ -622,23 +642,27 @@ def host_use_mounted_disk_not_refused_yet(ctx: Ctx, s: g.Scenario) -> None:
     s.check(f" {mnt} " in Path("/proc/mounts").read_text(), f"{disk} is mounted on {mnt}")
 
     iso = fresh(ctx)
+    before = g.pci_state()
     dom = Domain(iso, "disk", [nic])
-    prepare = dom.call("prepare", "begin")
-    # Today: accepted and moved. Issue 5: expect_refused(s, prepare, "disk", "mounted") + nothing moved.
-    expect_ok(s, prepare, "TODAY prepare begin succeeds: no host-use probe yet (issue 5)")
-    s.equal(g.driver(ahci), VFIO_PCI, "TODAY the controller of a mounted disk was moved to vfio-pci")
-    s.note(
-        f"TODAY after prepare: disks below the controller {g.block_devices(ahci)}, {mnt} still in /proc/mounts: "
-        f"{f' {mnt} ' in Path('/proc/mounts').read_text()}"
-    )
-    dom.detach_managed()
-    expect_ok(s, dom.call("start", "begin"), "start begin")
+    refused = dom.start()
+    s.check(refused is not None, "the guest does not start")
+    assert refused is not None
+    expect_refused(s, refused, "disk", ahci)
+    s.check(str(disk) in refused.stderr and str(mnt) in refused.stderr, f"the reason names {disk} and {mnt}")
+    expect_unchanged(s, before, iso, [])
+    s.equal((mnt / "hello").read_text(), "hello\n", "the file system is still readable")
+
+    g.run(["umount", str(mnt)])
+    ctx.mounts.remove(mnt)
+    started = dom.start()
+    s.check(started is None, f"with the disk unmounted the same guest starts ({started and started.describe()})")
+    s.equal(g.driver(ahci), VFIO_PCI, "the controller was moved")
+    s.equal(viability(group), True, "VFIO ioctl: the group is viable")
     expect_ok(s, dom.stop(), "release end")
     s.check(
-        g.wait_for(lambda: bool(g.block_devices(ahci)), timeout=30), "release gave the controller back; a disk is back"
+        g.wait_for(lambda: bool(g.block_devices(ahci)), timeout=30),
+        "release gave the controller back; its disk is back",
     )
-    g.run(["umount", "-l", str(mnt)], check=False)
-    ctx.mounts.remove(mnt)
     expect_home(ctx, s, iso, dom)
 
 
@@ -771,6 +795,7 @@ SCENARIOS: dict[str, Callable[[Ctx, g.Scenario], None]] = {
     "no_hostdev_fast_path": no_hostdev_fast_path,
     "alone_in_group": alone_in_group,
     "multifunction_sibling": multifunction_sibling,
+    "sibling_driver_override_kept": sibling_driver_override_kept,
     "behind_pcie_pci_bridge": behind_pcie_pci_bridge,
     "behind_pci_bridge": behind_pci_bridge,
     "no_acs_root_port": no_acs_root_port,
@@ -781,9 +806,9 @@ SCENARIOS: dict[str, Callable[[Ctx, g.Scenario], None]] = {
     "sigkill_then_recover": sigkill_then_recover,
     "sigkill_then_next_hook": sigkill_then_next_hook,
     "prepare_overhead": prepare_overhead,
-    # Last: these two take a NIC and a disk away from the running host (today's hazard).
-    "host_use_routed_nic_not_refused_yet": host_use_routed_nic_not_refused_yet,
-    "host_use_mounted_disk_not_refused_yet": host_use_mounted_disk_not_refused_yet,
+    # Last: these two put a NIC and a disk to use on the host.
+    "refused_routed_nic_sibling": refused_routed_nic_sibling,
+    "refused_mounted_disk_sibling": refused_mounted_disk_sibling,
 }
 
 
