@@ -239,7 +239,7 @@ class LedgerSession:
         claim = replace(claim, updated=time.time())
         name = claim_filename(claim.domain)
         tmp = f".{name}.{os.getpid()}.tmp"
-        data = (json.dumps(claim_to_json(claim), indent=1) + "\n").encode()
+        data = (json.dumps(claim_to_json(claim), separators=(",", ":")) + "\n").encode()  # written often: compact
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._fd)
         try:
             os.write(fd, data)

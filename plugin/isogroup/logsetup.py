@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 
 SYSLOG_SOCKET = "/dev/log"
@@ -20,10 +19,10 @@ def to_syslog(level: int = logging.INFO) -> None:
     # user as the refusal: without syslog the records go nowhere instead.
     handler: logging.Handler = logging.NullHandler()
     if os.path.exists(SYSLOG_SOCKET):
+        from logging.handlers import SysLogHandler  # noqa: PLC0415 - costly at hook start; only where syslog is
+
         try:
-            handler = logging.handlers.SysLogHandler(
-                address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
-            )
+            handler = SysLogHandler(address=SYSLOG_SOCKET, facility=SysLogHandler.LOG_DAEMON)
             handler.ident = "isogroup: "
             handler.setFormatter(logging.Formatter("[%(process)d] %(message)s"))
         except OSError:

@@ -17,7 +17,6 @@ An invalid policy is an InputError naming the file and the key: never a silent d
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -157,6 +156,8 @@ def _selector(table: object, where: str) -> Selector:
 
 
 def parse_toml(text: str, source: str) -> Policy:
+    import tomllib  # noqa: PLC0415 - only hosts that have a policy file pay for it
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
