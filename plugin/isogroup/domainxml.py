@@ -123,7 +123,8 @@ def _managed(element: etree._Element, origin: str) -> bool:
     return value == "yes"
 
 
-def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:
+def parse_xml(data: bytes | str, origin: str) -> etree._Element:
+    """The one way isogroup parses libvirt XML: a size limit, no DTD, no entities, no network, no DOCTYPE."""
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_XML_BYTES:
         raise InputError(f"{origin}: larger than {MAX_XML_BYTES} bytes; not a domain document")
@@ -134,9 +135,21 @@ def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:
     tree = root.getroottree()
     if getattr(tree.docinfo, "doctype", "") or tree.docinfo.internalDTD is not None:
         raise InputError(f"{origin}: a DOCTYPE is not allowed in a domain document")
+    return root
+
+
+def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:
+    root = parse_xml(data, origin)
     if root.tag != "domain":
         raise InputError(f"{origin}: the root element is <{root.tag}>, not <domain>")
     return _read_domain(root, origin)
+
+
+def parse_status(data: bytes, origin: str) -> DomainSpec | None:
+    """A libvirt status file: `<domstatus>` around the running `<domain>`; None for other state files."""
+    root = parse_xml(data, origin)
+    domain = root.find("domain") if root.tag == "domstatus" else None
+    return _read_domain(domain, origin) if domain is not None else None
 
 
 def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
