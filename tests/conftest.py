@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parent.parent / "xml-samples"
+from testpaths import SAMPLES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,8 +29,8 @@ def samples() -> Path:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Benchmark figures (tests/test_benchmarks.py) at the end of the run, where CI logs keep them."""
-    from test_benchmarks import FIGURES
+    """Benchmark figures (tests/benchmarks/test_benchmarks.py) at the end of the run, where CI logs keep them."""
+    from benchmarks.test_benchmarks import FIGURES
 
     if FIGURES:
         terminalreporter.section("benchmark figures")

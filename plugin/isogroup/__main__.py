@@ -1,5 +1,5 @@
 import sys
 
-from isogroup.cli import main
+from isogroup.cli.main import main
 
 sys.exit(main())

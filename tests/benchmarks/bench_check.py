@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from isogroup import snapshot
+from isogroup.formats import snapshot
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, when run as a script
 from benchmarks.synthetic import domain_xml, server

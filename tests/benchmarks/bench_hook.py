@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, when run as a script
-from hostfixtures import GPU, domain_xml, libvirt_detach, libvirt_reattach, make_host
-from isogroup.domainxml import parse_domain
-from isogroup.install import install_hook
-from isogroup.transaction import Stage, prepare, release
+from fakes.hostfixtures import GPU, domain_xml, libvirt_detach, libvirt_reattach, make_host
+from isogroup.apply.transaction import Stage, prepare, release
+from isogroup.formats.domainxml import parse_domain
+from isogroup.hook.install import install_hook
 
 PLAIN = (
     b"<domain type='kvm'><name>plain</name><memory unit='KiB'>4194304</memory><devices>"

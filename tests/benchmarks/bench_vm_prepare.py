@@ -1,5 +1,5 @@
 """Benchmark for isogroup's prepare on a real kernel: boots the bed's VM (Debian's kernel under QEMU TCG with an
-emulated Intel IOMMU, the topology of tests/test_vm_isogroup.py) and runs only the `prepare_overhead` scenario
+emulated Intel IOMMU, the topology of tests/vm/test_vm_isogroup.py) and runs only the `prepare_overhead` scenario
 of tests/vm/guest_isogroup_scenarios.py: a group with seven siblings to move, prepared by
 
   * the installed hook, executed as libvirt executes it (`HOOK NAME prepare begin -`, XML on stdin), end to end;
@@ -7,12 +7,12 @@ of tests/vm/guest_isogroup_scenarios.py: a group with seven siblings to move, pr
   * a plain shell loop doing the same sysfs writes (driver_override, unbind, drivers_probe per device);
 
 with everything restored between runs, medians of 5 runs after a warm-up. Also the bare interpreter start
-(`python -I -c pass`), the slow path's imports (`python -I -c 'import isogroup.hook'`) and the hook's fast
+(`python -I -c pass`), the slow path's imports (`python -I -c 'import isogroup.hook.run'`) and the hook's fast
 path (a domain without hostdevs): hook exec ~ imports + in-process prepare.
 
 Run (root, after scripts/setup.sh --test): .venv/bin/python tests/benchmarks/bench_vm_prepare.py
 Target: prepare at most 1.2 x the shell loop. Prints figures; asserts nothing. The same figures are printed by
-tests/test_vm_isogroup.py::test_prepare_overhead_figures in every full test run.
+tests/vm/test_vm_isogroup.py::test_prepare_overhead_figures in every full test run.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, when run as a script
-from test_vm_isogroup import GUEST_SCRIPT, TOPOLOGY
 from vm.bed import run_in_vm, unavailable_reason
+from vm.test_vm_isogroup import GUEST_SCRIPT, TOPOLOGY
 
 
 def main() -> int:
@@ -43,7 +43,7 @@ def main() -> int:
     print(f"  transaction.prepare in-process   {ms['in_process_prepare']:8.1f} ms")
     print(f"  hook executed, end to end        {ms['hook_exec_prepare']:8.1f} ms")
     print(f"  python -I -c pass                {ms['python_startup']:8.1f} ms")
-    print(f"  python -I -c 'import isogroup.hook' {ms['hook_imports']:5.1f} ms")
+    print(f"  python -I -c 'import isogroup.hook.run' {ms['hook_imports']:5.1f} ms")
     print(f"  hook fast path (no hostdev)      {ms['hook_fast_path']:8.1f} ms")
     print(f"  ratio in-process / shell: {figures['ratio_in_process_vs_shell']}  (target <= 1.2)")
     print(f"  ratio hook exec / shell:  {figures['ratio_hook_exec_vs_shell']}")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from isogroup.address import PciAddress
-from isogroup.model import Header, HostTopology, IommuGroup, PciFunction
+from isogroup.core.address import PciAddress
+from isogroup.core.model import Header, HostTopology, IommuGroup, PciFunction
 
 FUNCTIONS_PER_PORT = 4  # a 4-function endpoint behind each root port: port + functions = one group
 

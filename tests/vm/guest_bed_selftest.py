@@ -1,6 +1,6 @@
-"""Guest script for tests/test_vm_bed.py: proves, with plain sysfs writes and VFIO ioctls, that the bed's
+"""Guest script for tests/vm/test_vm_bed.py: proves, with plain sysfs writes and VFIO ioctls, that the bed's
 kernel forms the IOMMU groups the project relies on. Device names are those of TOPOLOGY in
-tests/test_vm_bed.py. Each scenario restores what it changed, so they can run in any order.
+tests/vm/test_vm_bed.py. Each scenario restores what it changed, so they can run in any order.
 """
 
 from __future__ import annotations

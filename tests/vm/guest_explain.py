@@ -1,5 +1,5 @@
-"""Guest script for tests/test_vm_explain.py: `isogroup explain` on every PCI function of a real kernel, whose own
-IOMMU groups are the answer key. Device names are those of TOPOLOGY in tests/test_vm_explain.py.
+"""Guest script for tests/vm/test_vm_explain.py: `isogroup explain` on every PCI function of a real kernel, whose own
+IOMMU groups are the answer key. Device names are those of TOPOLOGY in tests/vm/test_vm_explain.py.
 
 As root the whole config space is readable, so `isogroup snapshot` records the PCIe port types and the ACS
 capabilities QEMU's devices really have; unprivileged, the same capture stops at 64 bytes and explain must
@@ -86,8 +86,8 @@ def explain_every_function_live(job: g.Job, s: g.Scenario, rec: g.Recorder) -> N
 
 def explain_every_function_snapshot(job: g.Job, s: g.Scenario, rec: g.Recorder) -> None:
     """The library on the root snapshot: the same answers as on /sys, and every predicted group is a kernel group."""
-    from isogroup import snapshot
-    from isogroup.explain import explain, predicted_groups
+    from isogroup.core.explain import explain, predicted_groups
+    from isogroup.formats import snapshot
 
     host = snapshot.load(SNAPSHOT)
     kernel_groups = sorted(tuple(grp.members) for grp in host.groups)
@@ -99,9 +99,9 @@ def explain_every_function_snapshot(job: g.Job, s: g.Scenario, rec: g.Recorder) 
 
 def named_groups(job: g.Job, s: g.Scenario, rec: g.Recorder) -> None:
     """The rules one by one, each against the kernel (the library on the root snapshot)."""
-    from isogroup import snapshot
-    from isogroup.address import PciAddress
-    from isogroup.explain import Explanation, explain
+    from isogroup.core.address import PciAddress
+    from isogroup.core.explain import Explanation, explain
+    from isogroup.formats import snapshot
 
     host = snapshot.load(SNAPSHOT)
 
@@ -152,8 +152,8 @@ def text_and_errors(job: g.Job, s: g.Scenario, rec: g.Recorder) -> None:
 
 def unprivileged_capture(job: g.Job, s: g.Scenario, rec: g.Recorder) -> None:
     """Without root the config space stops at 64 bytes: ACS is unknown, inferred from the kernel's groups."""
-    from isogroup import snapshot
-    from isogroup.explain import explain
+    from isogroup.core.explain import explain
+    from isogroup.formats import snapshot
 
     done = isogroup(job, "snapshot", "-o", str(UNPRIVILEGED), user="65534")
     s.equal((done.returncode, done.stderr), (0, ""), "isogroup snapshot as user nobody")

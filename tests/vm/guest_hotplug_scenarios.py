@@ -1,11 +1,11 @@
-"""Guest script for tests/test_hotplug_vm.py: `isogroup attach-device` / `detach-device` end to end against a
+"""Guest script for tests/vm/test_hotplug_vm.py: `isogroup attach-device` / `detach-device` end to end against a
 real libvirtd (libvirt 9.0, QEMU 7.2, the host's Debian packages) with the isogroup hook installed.
 
 The group: a NIC (e1000e, the device handed to the guest) and its sibling function (virtio-net) behind one root
 port. The nested guests sit in SeaBIOS, which is enough for QEMU to hot-add a vfio-pci device; SeaBIOS is no
 ACPI OS, so a guest never acknowledges a hot-unplug: a live detach stays a pending request, and the group goes
 home through the hook's release when the guest is destroyed. Device names are those of TOPOLOGY in
-tests/test_hotplug_vm.py.
+tests/vm/test_hotplug_vm.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Guest script for tests/test_vm_isogroup.py: isogroup on a real kernel, driven the way libvirt drives it.
+"""Guest script for tests/vm/test_vm_isogroup.py: isogroup on a real kernel, driven the way libvirt drives it.
 
 The first scenario installs the hook with `isogroup install-hook` into a scratch hooks directory with a
 scratch ledger, which every later scenario starts by emptying (a fresh ledger per scenario). Scenarios run the
@@ -12,7 +12,7 @@ After every scenario each PCI function of the VM must be back on the driver it h
 with driver_override cleared, no /dev/vfio/N left and the scenario's ledger empty. A failed scenario is
 followed by a best-effort reset so that the next one starts from the same host.
 
-Device names are those of TOPOLOGY in tests/test_vm_isogroup.py.
+Device names are those of TOPOLOGY in tests/vm/test_vm_isogroup.py.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from isogroup.names import claim_filename
+from isogroup.paths import claim_filename
 from vm import guest_lib as g
 from vm import guest_libvirt as lv
 
-# The environment libvirt 9.0 gives a hook, as its own error message shows it in tests/test_vm_libvirt.py.
+# The environment libvirt 9.0 gives a hook, as its own error message shows it in tests/vm/test_vm_libvirt.py.
 HOOK_ENV = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
 SCRATCH = Path("/run/vmbed-isogroup")
 ABSENT = "0000:7f:1f.7"  # no such function in the bed's VM
@@ -695,10 +695,10 @@ def prepare_overhead(ctx: Ctx, s: g.Scenario) -> None:
     libvirt does, end to end, and transaction.prepare in this process) against a plain shell loop doing the
     same sysfs writes (driver_override, unbind, drivers_probe per device). Medians of BENCH_REPEAT runs after
     a warm-up, everything restored between runs. Each run must still move and restore every device."""
-    from isogroup.domainxml import parse_domain
-    from isogroup.ledger import Ledger
-    from isogroup.sysfs import Sysfs
-    from isogroup.transaction import Host, Stage, prepare, release
+    from isogroup.apply.transaction import Host, Stage, prepare, release
+    from isogroup.formats.domainxml import parse_domain
+    from isogroup.host.ledger import Ledger
+    from isogroup.host.sysfs import Sysfs
 
     nic, siblings = _big_group(ctx)
     iso = fresh(ctx)
@@ -750,7 +750,7 @@ def prepare_overhead(ctx: Ctx, s: g.Scenario) -> None:
 
     def hook_imports() -> float:
         """What the hook's slow path imports before it does anything (with the interpreter's start)."""
-        code = "import isogroup.hook"
+        code = "import isogroup.hook.run"
         return _timed(lambda: subprocess.run([python, "-I", "-c", code], check=True, env=HOOK_ENV, timeout=120))
 
     def fast_path() -> float:

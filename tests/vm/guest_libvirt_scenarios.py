@@ -1,10 +1,10 @@
-"""Guest script for tests/test_vm_libvirt.py: a real libvirtd starts a nested QEMU with a managed PCI hostdev.
+"""Guest script for tests/vm/test_vm_libvirt.py: a real libvirtd starts a nested QEMU with a managed PCI hostdev.
 Shows the failure isogroup exists to prevent (a group member left on its host driver makes QEMU's VFIO group
 "not viable") and that binding the sibling by hand makes the same `virsh start` succeed; then the full stack:
 isogroup installed with `isogroup install-hook` into /etc/libvirt/hooks makes the first `virsh start` succeed,
 refuses a second domain sharing the group (its one-line reason inside virsh's "Hook script execution failed"
 error) and an absent device, and `virsh destroy` puts every driver back, the sibling libvirt alone would leave
-on vfio-pci included. Device names are those of TOPOLOGY in tests/test_vm_libvirt.py.
+on vfio-pci included. Device names are those of TOPOLOGY in tests/vm/test_vm_libvirt.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Guest script for tests/test_vm_probes.py: the host-use probes against a real kernel.
+"""Guest script for tests/vm/test_vm_probes.py: the host-use probes against a real kernel.
 
 Each scenario puts the guest's own devices to use the way a host does (a partitioned disk mounted with swap on
 it, a NIC with an address and the default route, a NIC in a bridge, an LVM physical volume then a mounted
@@ -8,7 +8,7 @@ the framebuffer console and a DRM client, a NIC moved to another network namespa
 of the VM, and none for the idle disk and NIC. Scenarios build on each other in order (the state accumulates),
 and each compares the whole snapshot.
 
-Device names are those of TOPOLOGY in tests/test_vm_probes.py.
+Device names are those of TOPOLOGY in tests/vm/test_vm_probes.py.
 """
 
 from __future__ import annotations
@@ -284,10 +284,10 @@ def netns(ctx: Ctx, s: g.Scenario) -> None:
 
 def timing(ctx: Ctx, s: g.Scenario) -> None:
     """How long probing takes on this (TCG-emulated) guest: the whole capture, the probes, the /proc fd scan."""
-    from isogroup.address import PciAddress
-    from isogroup.probes import ProbeSeams, probe_report
-    from isogroup.probes.base import Context
-    from isogroup.probes.nodes import build_index, scan_open_files
+    from isogroup.core.address import PciAddress
+    from isogroup.host.probes import ProbeSeams, probe_report
+    from isogroup.host.probes.base import Context
+    from isogroup.host.probes.nodes import build_index, scan_open_files
 
     addresses = [PciAddress.parse(n) for n in os.listdir("/sys/bus/pci/devices")]
     seams = ProbeSeams.live_host()

@@ -1,0 +1,137 @@
+"""The command line's libvirt side: `check --domain/--all`, `attach-device`, `detach-device`,
+`status --libvirt`. Imported by `isogroup.cli.main` only when one of them runs; libvirt itself only on connecting."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from isogroup.apply.hotplug import attach_device, detach_device
+from isogroup.apply.transaction import Host
+from isogroup.cli.main import _claims_to_text, load_claims, load_host
+from isogroup.core import policy, report
+from isogroup.core.plan import DomainPlan
+from isogroup.core.planner import plan
+from isogroup.core.policy import DEFAULT
+from isogroup.errors import ExitCode, InputError
+from isogroup.formats.domainxml import DomainSpec
+from isogroup.host.ledger import Ledger, claim_to_json
+from isogroup.host.probes import ProbeSeams
+from isogroup.host.sysfs import Sysfs
+from isogroup.libvirt import agreement
+from isogroup.libvirt.live import groups_in_use, spec_of
+from isogroup.libvirt.virt import LibvirtDomain, Virt
+from isogroup.logsetup import to_syslog
+from isogroup.paths import DEFAULT_SYSFS
+
+
+def _write_plans(args: argparse.Namespace, plans: list[DomainPlan]) -> None:
+    if args.format == "json":
+        sys.stdout.write(report.dumps(report.plans_to_json(plans)))
+    else:
+        sys.stdout.write(report.plans_to_text(plans))
+
+
+def check(args: argparse.Namespace) -> int:
+    """`check --domain NAME... | --all`: libvirt's domains (a running one as it runs, a shut-off one as
+    defined) against the host, with the groups every running guest holds counted as taken."""
+    with Virt.open(args.connect, read_only=True) as virt:
+        everything = virt.domains()
+        chosen = everything if args.all else [virt.domain(n) for n in dict.fromkeys(args.libvirt_domain)]
+    specs = [spec_of(d) for d in chosen]
+    running = [spec_of(d) for d in everything if d.active]
+    scope = {r.address for s in [*specs, *running] for r in s.pci}
+    host = load_host(args, scope)
+    claims = groups_in_use(load_claims(args), running, host)
+    host_policy = policy.load(args.policy, required=args.policy is not None)
+    plans = [plan(s, host, claims, host_policy) for s in specs]
+    _write_plans(args, plans)
+    return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
+
+
+def _host(args: argparse.Namespace) -> Host:
+    host_policy = policy.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
+    return Host(Sysfs(args.sysfs), Ledger(args.ledger), policy=host_policy)
+
+
+def _probes(args: argparse.Namespace) -> ProbeSeams | None:
+    """Host use is probed on the live host, as for `check`; a --sysfs tree has no /proc to probe with."""
+    return ProbeSeams.live_host(Sysfs(args.sysfs)) if args.sysfs == Path(DEFAULT_SYSFS) else None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def attach(args: argparse.Namespace) -> int:
+    to_syslog()
+    data = _read(args.file)
+    with Virt.open(args.connect, read_only=False) as virt:
+        device_plan = attach_device(
+            _host(args),
+            virt,
+            args.domain,
+            data,
+            str(args.file),
+            live=args.live,
+            config=args.config,
+            probes=_probes(args),
+        )
+    sys.stdout.write(_hotplug_text(device_plan))
+    sys.stdout.write(f"device from {args.file} attached to '{args.domain}'\n")
+    return ExitCode.OK
+
+
+def _hotplug_text(device_plan: DomainPlan) -> str:
+    lines = []
+    for group in device_plan.groups:
+        lines.append(f"IOMMU group {group.group}")
+        for m in group.members:
+            mark = "*" if m.requested else " "
+            lines.append(f"  {mark}{m.address}  {m.driver or '(none)'}  {m.action.value}  {m.why}")
+    lines += [f"note: {n.subject}: {n.message}" for n in device_plan.notes]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def detach(args: argparse.Namespace) -> int:
+    to_syslog()
+    data = _read(args.file)
+    with Virt.open(args.connect, read_only=False) as virt:
+        freed = detach_device(
+            _host(args), virt, args.domain, data, str(args.file), live=args.live, config=args.config, wait=args.wait
+        )
+    sys.stdout.write(f"device from {args.file} detached from '{args.domain}'\n")
+    if freed:
+        sys.stdout.write(f"IOMMU group(s) {', '.join(map(str, freed))} restored to the host\n")
+    return ExitCode.OK
+
+
+def status(args: argparse.Namespace) -> int:
+    """`status --libvirt`: the ledger, then whether libvirt agrees with it. Exit 1 on any disagreement."""
+    claims = Ledger(args.ledger).read_all_unlocked()
+    with Virt.open(args.connect, read_only=True) as virt:
+        running_domains: list[LibvirtDomain] = virt.domains(active_only=True)
+        nodes = virt.node_devices()
+        uri = virt.uri
+    running: list[DomainSpec] = [spec_of(d) for d in running_domains]
+    status_files = agreement.read_status_dir(args.status_dir) if args.status_dir is not None else None
+    found = agreement.compare(claims, running, nodes, status_files)
+    if args.format == "json":
+        doc = {
+            "claims": [claim_to_json(c) for c in claims],
+            "libvirt": {
+                "uri": uri,
+                "running": [s.name for s in running],
+                "agree": not found,
+                "disagreements": [d.to_json() for d in found],
+            },
+        }
+        sys.stdout.write(report.dumps(doc))
+    else:
+        sys.stdout.write(_claims_to_text(claims))
+        sys.stdout.write(agreement.to_text(uri, [s.name for s in running], found))
+    return ExitCode.OK if not found else ExitCode.REFUSED

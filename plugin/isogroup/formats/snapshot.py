@@ -1,0 +1,256 @@
+"""Host snapshots: everything the planner needs, as a versioned JSON document.
+
+Captured once on a host (`isogroup snapshot`), then used offline wherever `--sysfs` is accepted (`--host FILE`).
+Loading is strict: a snapshot that does not say exactly what it means is refused, never guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from isogroup.core.address import PciAddress
+from isogroup.core.model import Finding, Header, HostTopology, IommuGroup, PciFunction, UseCode
+from isogroup.errors import InputError
+
+FORMAT = "isogroup-host"
+VERSION = 2  # 2 added config-space capabilities (PCIe port type, ACS) and host-use findings
+READABLE_VERSIONS = (1, 2)
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+
+
+def _function_to_json(f: PciFunction) -> dict[str, Any]:
+    return {
+        "address": str(f.address),
+        "vendor": f"{f.vendor:04x}",
+        "device": f"{f.device:04x}",
+        "class": f"{f.class_code:06x}",
+        "header": f.header.value,
+        "multifunction": f.multifunction,
+        "driver": f.driver,
+        "driver_override": f.driver_override,
+        "iommu_group": f.iommu_group,
+        "parent": str(f.parent) if f.parent else None,
+        "boot_vga": f.boot_vga,
+        "physfn": str(f.physfn) if f.physfn else None,
+        "sriov_totalvfs": f.sriov_totalvfs,
+        "sriov_numvfs": f.sriov_numvfs,
+        "capabilities_read": f.capabilities_read,
+        "pcie_type": f.pcie_type,
+        "acs_cap": f.acs_cap,
+        "acs_ctrl": f.acs_ctrl,
+    }
+
+
+def to_json(topology: HostTopology) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "iommu": topology.iommu,
+        "functions": [_function_to_json(f) for f in topology.functions],
+        "groups": [{"group": g.number, "members": [str(m) for m in g.members]} for g in topology.groups],
+        "probed": topology.probed,
+        "findings": [
+            {"address": str(f.address), "code": f.code.value, "subject": f.subject, "message": f.message}
+            for f in topology.findings
+        ],
+    }
+
+
+def dumps(topology: HostTopology) -> str:
+    return json.dumps(to_json(topology), indent=2) + "\n"
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name the field."""
+
+    def __init__(self, obj: object, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected an object")
+        self.obj: dict[str, object] = obj
+        self.where = where
+
+    def _get(self, key: str, kinds: tuple[type, ...], optional: bool) -> object:
+        if key not in self.obj:
+            if optional:
+                return None
+            raise InputError(f"{self.where}: missing {key!r}")
+        value = self.obj[key]
+        if value is None and optional:
+            return None
+        # bool is an int in Python; a snapshot that says `"vendor": true` is wrong, not 1.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise InputError(f"{self.where}: {key!r} has the wrong type")
+        return value
+
+    def text(self, key: str) -> str:
+        value = self._get(key, (str,), optional=False)
+        assert isinstance(value, str)
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        value = self._get(key, (str,), optional=True)
+        return value if isinstance(value, str) else None
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key, (bool,), optional=False)
+        return value is True
+
+    def opt_int(self, key: str) -> int | None:
+        value = self._get(key, (int,), optional=True)
+        return value if isinstance(value, int) else None
+
+    def hex(self, key: str, digits: int) -> int:
+        text = self.text(key)
+        if not re.fullmatch(f"[0-9a-f]{{{digits}}}", text):
+            raise InputError(f"{self.where}: {key!r} must be {digits} lower-case hex digits")
+        return int(text, 16)
+
+    def count(self, key: str) -> int | None:
+        value = self.opt_int(key)
+        if value is not None and value < 0:
+            raise InputError(f"{self.where}: {key!r} must not be negative")
+        return value
+
+    def _parse_address(self, key: str, text: str) -> PciAddress:
+        try:
+            return PciAddress.parse(text)
+        except InputError as exc:
+            raise InputError(f"{self.where} {key!r}: {exc.message}") from None
+
+    def address(self, key: str) -> PciAddress:
+        return self._parse_address(key, self.text(key))
+
+    def opt_address(self, key: str) -> PciAddress | None:
+        text = self.opt_text(key)
+        return self._parse_address(key, text) if text is not None else None
+
+    def items(self, key: str) -> list[object]:
+        value = self._get(key, (list,), optional=False)
+        assert isinstance(value, list)
+        return value
+
+
+def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
+    r = _Reader(obj, f"functions[{index}]")
+    v2 = version >= 2  # version 1 knew nothing of capabilities: they stay unknown
+    header_text = r.text("header")
+    try:
+        header = Header(header_text)
+    except ValueError:
+        raise InputError(f"{r.where}: unknown header {header_text!r}") from None
+    return PciFunction(
+        address=r.address("address"),
+        vendor=r.hex("vendor", 4),
+        device=r.hex("device", 4),
+        class_code=r.hex("class", 6),
+        header=header,
+        multifunction=r.flag("multifunction"),
+        driver=r.opt_text("driver"),
+        driver_override=r.opt_text("driver_override"),
+        iommu_group=r.opt_int("iommu_group"),
+        parent=r.opt_address("parent"),
+        boot_vga=r.flag("boot_vga"),
+        physfn=r.opt_address("physfn"),
+        sriov_totalvfs=r.count("sriov_totalvfs"),
+        sriov_numvfs=r.count("sriov_numvfs"),
+        capabilities_read=r.flag("capabilities_read") if v2 else False,
+        pcie_type=r.count("pcie_type") if v2 else None,
+        acs_cap=r.count("acs_cap") if v2 else None,
+        acs_ctrl=r.count("acs_ctrl") if v2 else None,
+    )
+
+
+def _finding_from_json(obj: object, index: int) -> Finding:
+    r = _Reader(obj, f"findings[{index}]")
+    code = r.text("code")
+    try:
+        use = UseCode(code)
+    except ValueError:
+        raise InputError(f"{r.where}: unknown code {code!r}") from None
+    return Finding(r.address("address"), use, r.text("subject"), r.text("message"))
+
+
+def from_json(doc: object, source: str = "") -> HostTopology:
+    r = _Reader(doc, source or "snapshot")
+    if r.obj.get("format") != FORMAT:
+        raise InputError(f"{r.where}: not an isogroup host snapshot (format must be {FORMAT!r})")
+    version = r.obj.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise InputError(f"{r.where}: snapshot version {version!r} is not supported (this isogroup reads {VERSION})")
+    functions = [_function_from_json(f, i, version) for i, f in enumerate(r.items("functions"))]
+    findings: list[Finding] = []
+    probed = False
+    if version >= 2:
+        probed = r.flag("probed")
+        findings = [_finding_from_json(f, i) for i, f in enumerate(r.items("findings"))]
+    groups = []
+    for i, g in enumerate(r.items("groups")):
+        gr = _Reader(g, f"groups[{i}]")
+        number = gr.opt_int("group")
+        if number is None or number < 0:
+            raise InputError(f"{gr.where}: 'group' must be a non-negative integer")
+        members = tuple(
+            gr._parse_address("members", m) if isinstance(m, str) else _bad(gr.where) for m in gr.items("members")
+        )
+        if not members:
+            raise InputError(f"{gr.where}: group {number} has no members")
+        if len(set(members)) != len(members):
+            raise InputError(f"{gr.where}: group {number} lists a member twice")
+        groups.append(IommuGroup(number, members))
+    topology = HostTopology.build(r.flag("iommu"), functions, groups, source=source, findings=findings, probed=probed)
+    _check_consistent(topology, r.where)
+    return topology
+
+
+def _bad(where: str) -> PciAddress:
+    raise InputError(f"{where}: members must be PCI address strings")
+
+
+def _check_consistent(topology: HostTopology, where: str) -> None:
+    """A snapshot is a claim about a kernel; refuse one no kernel could have produced."""
+    if len(topology.by_address) != len(topology.functions):
+        raise InputError(f"{where}: a PCI address is listed twice")
+    if len(topology.by_group) != len(topology.groups):
+        raise InputError(f"{where}: an IOMMU group is listed twice")
+    if topology.groups and not topology.iommu:
+        raise InputError(f"{where}: groups are listed but 'iommu' is false")
+    for group in topology.groups:
+        for member in group.members:
+            func = topology.function(member)
+            if func is None:
+                raise InputError(f"{where}: group {group.number} lists {member}, which is not a function")
+            if func.iommu_group != group.number:
+                raise InputError(f"{where}: {member} is listed in group {group.number} but says {func.iommu_group}")
+    for finding in topology.findings:
+        if finding.address not in topology.by_address:
+            raise InputError(f"{where}: a finding names {finding.address}, which is not a function")
+    if topology.findings and not topology.probed:
+        raise InputError(f"{where}: findings are listed but 'probed' is false")
+    for func in topology.functions:
+        if func.iommu_group is None:
+            continue
+        listed = topology.by_group.get(func.iommu_group)
+        if listed is None:
+            raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which is not listed")
+        if func.address not in listed.members:
+            raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which does not list it")
+
+
+def load(path: Path) -> HostTopology:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SNAPSHOT_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read host snapshot {path}: {exc.strerror}") from None
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise InputError(f"host snapshot {path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise InputError(f"host snapshot {path} is nested too deeply to be a snapshot") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"host snapshot {path} is not valid JSON: {exc}") from None
+    return from_json(doc, source=str(path))
