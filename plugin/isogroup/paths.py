@@ -5,7 +5,6 @@ from __future__ import annotations
 
 # tmpfs: a reboot forgets the claims together with the bindings they describe.
 DEFAULT_LEDGER_DIR = "/run/isogroup"
-DEFAULT_SYSFS = "/sys"
 DEFAULT_POLICY = "/etc/isogroup/policy.toml"
 CLAIMS = "claims"
 

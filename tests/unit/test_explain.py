@@ -480,12 +480,12 @@ def test_the_simulated_kernel_writes_what_root_reads(tmp_path: Path) -> None:
         ("00:01.2", 4096, (cs.PCIE_ROOT_PORT, 0x005F, 0x001D)),
         ("16:00.0", 4096, (cs.PCIE_DOWNSTREAM_PORT, None, None)),
     ]:
-        config = sim.path(f"bus/pci/devices/{addr(address)}/config").read_bytes()
+        config = (sim.root / f"bus/pci/devices/{addr(address)}/config").read_bytes()
         assert len(config) == size
         parsed = cs.parse_capabilities(config)
         assert parsed is not None and (parsed.pcie_type, parsed.acs_cap, parsed.acs_ctrl) == facts
     blind = SimKernel.materialize(tmp_path / "blind", strip_capabilities(host))
-    assert len(blind.path(f"bus/pci/devices/{addr('00:01.2')}/config").read_bytes()) == 64
+    assert len((blind.root / f"bus/pci/devices/{addr('00:01.2')}/config").read_bytes()) == 64
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.errors import StateError
-from isogroup.host.ledger import Claim, DeviceState, Ledger, MovedDevice, Phase
+from isogroup.host.ledger import Ledger
 from isogroup.paths import claim_filename
 
 A = PciAddress(0, 1, 0, 1)
@@ -56,7 +57,7 @@ def test_round_trip_and_remove(tmp_path: Path) -> None:
     with ledger.locked() as session:
         written = session.write(claim())
         assert session.claim("guest") == written
-        assert session.claims_by_group() == {14: "guest"}
+        assert session.holders() == {14: "guest"}
         assert ledger.has_claim("guest")
         session.remove("guest")
         session.remove("guest")  # idempotent

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import GroupHolders
+from isogroup.core.domain import DomainSpec, MdevRequest, NetworkRequest, PciRequest, Source
 from isogroup.core.model import Header, HostTopology, IommuGroup, PciFunction
 from isogroup.core.plan import Action, DomainPlan, MemberPlan, ProblemCode
-from isogroup.core.planner import Claims, plan
-from isogroup.formats.domainxml import DomainSpec, MdevRequest, NetworkRequest, PciRequest, Source
+from isogroup.core.planner import plan
 
 # ------------------------------------------------------------------------------------------------------ helpers
 
@@ -246,7 +247,7 @@ def test_pf_with_vfs_as_group_member(driver: str | None, problem: bool) -> None:
 
 
 def test_group_claimed_by_another_domain() -> None:
-    p = plan(dom(req("01:00.0"), name="win10"), host(*GPU_GROUP), claims={1: "linux-gaming"})
+    p = plan(dom(req("01:00.0"), name="win10"), host(*GPU_GROUP), holders={1: "linux-gaming"})
     assert codes(p) == [ProblemCode.GROUP_CLAIMED]
     assert p.problems[0].address is None
     assert "'linux-gaming'" in p.problems[0].message and "group 1" in p.problems[0].message
@@ -254,8 +255,8 @@ def test_group_claimed_by_another_domain() -> None:
 
 
 @pytest.mark.parametrize("claims", [{1: "win10"}, {4: "other"}, {}, None])
-def test_claims_that_do_not_conflict(claims: Claims | None) -> None:
-    assert plan(dom(req("01:00.0"), name="win10"), host(*GPU_GROUP), claims=claims).ok
+def test_claims_that_do_not_conflict(claims: GroupHolders | None) -> None:
+    assert plan(dom(req("01:00.0"), name="win10"), host(*GPU_GROUP), holders=claims).ok
 
 
 def test_all_problems_are_reported_at_once() -> None:
@@ -277,7 +278,7 @@ def test_all_problems_are_reported_at_once() -> None:
         req("07:01.0"),  # its group has a bridge on shpchp
         name="win10",
     )
-    p = plan(spec, topo, claims={7: "router"})
+    p = plan(spec, topo, holders={7: "router"})
     assert codes(p) == [
         ProblemCode.NOT_DETACHED,
         ProblemCode.DEVICE_ABSENT,
@@ -396,8 +397,8 @@ def test_planner_touches_nothing() -> None:
     )
     spec = dom(req("01:00.0", managed=False), req("09:00.0"), req("00:02.0"), req("07:01.0"))
     with recording() as events:
-        first = plan(spec, topo, claims={1: "other"})
-        second = plan(spec, topo, claims={1: "other"})
+        first = plan(spec, topo, holders={1: "other"})
+        second = plan(spec, topo, holders={1: "other"})
     assert events == []
     assert first == second and len(first.problems) == 5
 

@@ -10,18 +10,10 @@ import pytest
 from fakes.simkernel import make_function
 from isogroup.core.address import PciAddress
 from isogroup.core.model import UseCode
-from isogroup.core.policy import (
-    DEFAULT,
-    DomainPolicy,
-    Mode,
-    ProbeAction,
-    Selector,
-    load,
-    merge,
-    parse_toml,
-)
+from isogroup.core.policy import DEFAULT, DomainPolicy, Mode, ProbeAction, Selector, merge
 from isogroup.errors import InputError
 from isogroup.formats.domainxml import parse_domain
+from isogroup.formats.policyfile import load, parse_toml
 
 SATA = make_function("0000:00:17.0", class_code=0x010601, driver="ahci", vendor=0x8086, device=0xA352)
 HDA = make_function("0000:01:00.1", class_code=0x040300, driver="snd_hda_intel", vendor=0x10DE, device=0x10F0)
@@ -142,7 +134,8 @@ def test_a_domain_relaxes_only_where_the_host_lets_it() -> None:
     assert merged.mode is Mode.STRICT and not merged.allow.matches(SATA)
     assert merged.probe_action(UseCode.STORAGE_MOUNTED) is ProbeAction.REFUSE
     assert ignored == ["mode='expand'", "<allow>", "<probe family='storage' action='warn'>"]
-    lenient = parse_toml("mode = 'strict'", "p")
+    assert merge(parse_toml("mode = 'strict'", "p"), wish)[1] == ignored  # the default grants nothing
+    lenient = parse_toml("mode = 'strict'\n[domains]\nmay_relax = true", "p")
     merged, ignored = merge(lenient, wish)
     assert merged.mode is Mode.EXPAND and merged.allow.matches(SATA) and ignored == []
     assert merged.probe_action(UseCode.STORAGE_MOUNTED) is ProbeAction.WARN

@@ -293,4 +293,4 @@ def test_unprivileged_on_this_kernel_still_sees_the_mounted_root() -> None:
 def test_unreadable_says_why() -> None:
     assert Unreadable("/proc/swaps", errno.ENOENT).why == "cannot read /proc/swaps: no such file or directory"
     assert Unreadable("/x", None).why == "cannot read /x: unreadable"
-    assert stat.S_ISDIR(os.stat(Sysfs().root).st_mode)
+    assert stat.S_ISDIR(os.stat(Sysfs.live_host().root).st_mode)

@@ -219,17 +219,17 @@ def test_round_trip_of_generated_topologies(topology: HostTopology) -> None:
 
 
 def test_attributes_use_the_kernels_formats(sim: SimKernel) -> None:
-    assert sim.path(dev(GPU, "vendor")).read_text() == "0x10de\n"
-    assert sim.path(dev(GPU, "class")).read_text() == "0x030000\n"
-    assert sim.path(dev(GPU, "driver_override")).read_text() == "(null)\n"
-    assert sim.path(dev(GPU, "boot_vga")).read_text() == "1\n"
+    assert (sim.root / dev(GPU, "vendor")).read_text() == "0x10de\n"
+    assert (sim.root / dev(GPU, "class")).read_text() == "0x030000\n"
+    assert (sim.root / dev(GPU, "driver_override")).read_text() == "(null)\n"
+    assert (sim.root / dev(GPU, "boot_vga")).read_text() == "1\n"
     assert not sim.exists(dev(GPU_AUDIO, "boot_vga"))  # only VGA-class devices have it
-    config = sim.path(dev(GPU, "config")).read_bytes()
+    config = (sim.root / dev(GPU, "config")).read_bytes()
     assert len(config) == 64
     assert config[0:4] == bytes.fromhex("de10801b")
     assert config[0x09:0x0C] == bytes.fromhex("000003")
     assert config[0x0E] == 0x80  # type-0 header, multifunction bit
-    assert sim.path(dev(ROOT_PORT, "config")).read_bytes()[0x0E] == 0x01
+    assert (sim.root / dev(ROOT_PORT, "config")).read_bytes()[0x0E] == 0x01
 
 
 def test_only_bridges_have_bus_numbers_and_only_pfs_sriov(sim: SimKernel) -> None:
@@ -238,19 +238,19 @@ def test_only_bridges_have_bus_numbers_and_only_pfs_sriov(sim: SimKernel) -> Non
     assert not sim.exists(dev(GPU, "secondary_bus_number"))
     assert (sim.read(dev(PF, "sriov_totalvfs")), sim.read(dev(PF, "sriov_numvfs"))) == ("8", "2")
     assert not sim.exists(dev(VF0, "sriov_numvfs"))
-    assert os.readlink(sim.path(dev(VF0, "physfn"))) == "../0000:03:00.0"
-    assert os.readlink(sim.path(dev(PF, "virtfn1"))) == "../0000:03:10.2"
+    assert os.readlink(sim.root / dev(VF0, "physfn")) == "../0000:03:00.0"
+    assert os.readlink(sim.root / dev(PF, "virtfn1")) == "../0000:03:10.2"
 
 
 def test_links_are_relative_as_in_sysfs(sim: SimKernel) -> None:
-    assert os.readlink(sim.path(dev(GPU, ""))) == "../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0"
-    assert os.readlink(sim.path(dev(ROOT_PORT, "driver"))) == "../../../bus/pci/drivers/pcieport"
-    assert os.readlink(sim.path(dev(GPU, "driver"))) == "../../../../bus/pci/drivers/nvidia"
-    assert os.readlink(sim.path(dev(GPU, "iommu_group"))) == "../../../../kernel/iommu_groups/1"
-    group_link = sim.path(f"kernel/iommu_groups/1/devices/{GPU}")
+    assert os.readlink(sim.root / dev(GPU, "")) == "../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+    assert os.readlink(sim.root / dev(ROOT_PORT, "driver")) == "../../../bus/pci/drivers/pcieport"
+    assert os.readlink(sim.root / dev(GPU, "driver")) == "../../../../bus/pci/drivers/nvidia"
+    assert os.readlink(sim.root / dev(GPU, "iommu_group")) == "../../../../kernel/iommu_groups/1"
+    group_link = sim.root / f"kernel/iommu_groups/1/devices/{GPU}"
     assert os.readlink(group_link) == "../../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0"
-    assert os.readlink(sim.path(drv("nvidia", GPU))) == "../../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0"
-    assert all(sim.path(p).resolve().exists() for p in (dev(GPU, "driver"), dev(GPU, "iommu_group")))
+    assert os.readlink(sim.root / drv("nvidia", GPU)) == "../../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+    assert all((sim.root / p).resolve().exists() for p in (dev(GPU, "driver"), dev(GPU, "iommu_group")))
 
 
 def test_driver_dirs_exist_for_topology_drivers_vfio_and_stub(sim: SimKernel) -> None:
@@ -300,7 +300,7 @@ def test_vfio_pci_appears_on_modprobe_and_claims_overridden_devices(tmp_path: Pa
 
 def test_override_is_stored_without_newline_and_binds_nothing(sim: SimKernel) -> None:
     sim.write(dev(GPU, "driver_override"), "vfio-pci\n")
-    assert sim.path(dev(GPU, "driver_override")).read_text() == "vfio-pci\n"
+    assert (sim.root / dev(GPU, "driver_override")).read_text() == "vfio-pci\n"
     assert sim.driver(GPU) == "nvidia"
     assert sim.topology().by_address[PciAddress.parse(GPU)].driver_override == VFIO_PCI
 

@@ -29,9 +29,10 @@ from fakes.hostfixtures import (
 )
 from fakes.simkernel import FailNth, Faults, KillAt, KillWhen, NeverBind, SimKernel
 from isogroup.apply.transaction import Host, Stage, prepare, recover, release, release_groups
+from isogroup.core.claims import Phase
 from isogroup.errors import HostError, RefusedError
 from isogroup.formats.domainxml import parse_domain
-from isogroup.host.ledger import Ledger, Phase
+from isogroup.host.ledger import Ledger
 
 
 def claims(host: Host) -> dict[str, Phase]:
@@ -323,7 +324,7 @@ def test_no_temporary_or_stray_files_after_a_lifecycle(tmp_path: Path) -> None:
 def test_the_hosts_policy_applies_at_prepare(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from isogroup.core.policy import parse_toml
+    from isogroup.formats.policyfile import parse_toml
 
     sim, host = make_host(tmp_path)
     strict = replace(host, policy=parse_toml("mode = 'strict'", "policy.toml"))

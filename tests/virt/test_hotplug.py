@@ -23,13 +23,13 @@ import pytest
 from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, SimKernel
 from isogroup.apply.hotplug import attach_device, detach_device, parse_device
 from isogroup.apply.transaction import Host, Stage, prepare, release
-from isogroup.core import policy
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
+from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
 from isogroup.errors import ExitCode, HostError, InputError, RefusedError
-from isogroup.formats import snapshot
-from isogroup.formats.domainxml import DomainSpec
-from isogroup.host.ledger import Claim, DeviceState, Ledger, MovedDevice, Phase
+from isogroup.formats import policyfile, snapshot
+from isogroup.host.ledger import Ledger
 from isogroup.libvirt.virt import Virt
 from testpaths import SAMPLES
 
@@ -211,7 +211,7 @@ def test_a_bridge_is_refused(tmp_path: Path, virt: Virt) -> None:
 def test_the_hosts_policy_applies_as_at_a_start(tmp_path: Path, virt: Virt) -> None:
     """In strict mode only the devices named may leave their drivers: the sensor may not."""
     sim, host = make(tmp_path)
-    strict = replace(host, policy=policy.parse_toml('mode = "strict"\n', "policy.toml"))
+    strict = replace(host, policy=policyfile.parse_toml('mode = "strict"\n', "policy.toml"))
     with pytest.raises(RefusedError, match=str(THERMAL)):
         attach_device(strict, virt, "plain", hostdev(USB), "usb.xml")
     assert sim.writes() == []

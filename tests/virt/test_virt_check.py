@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from isogroup.cli.main import main
+from isogroup.core.claims import Claim, Phase
 from isogroup.errors import ExitCode
-from isogroup.host.ledger import Claim, Ledger, Phase
+from isogroup.host.ledger import Ledger
 from isogroup.libvirt.virt import Virt, parse_node_device
 from testpaths import PLUGIN, SAMPLES
 

@@ -10,9 +10,10 @@ import pytest
 
 from isogroup.cli.main import main
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.errors import ExitCode, InputError
 from isogroup.formats.domainxml import parse_domain
-from isogroup.host.ledger import Claim, DeviceState, Ledger, MovedDevice, Phase
+from isogroup.host.ledger import Ledger
 from isogroup.libvirt.agreement import Code, compare, read_status_dir
 from isogroup.libvirt.virt import NodeDevice, Virt
 from testpaths import SAMPLES

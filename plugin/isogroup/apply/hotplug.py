@@ -23,15 +23,18 @@ from lxml import etree
 
 from isogroup.apply.transaction import Host, finish_interrupted, release_groups, settled_claims
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
+from isogroup.core.domain import DomainSpec
 from isogroup.core.drivers import VFIO_PCI, is_viable_driver
 from isogroup.core.model import HostTopology
 from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.errors import HostError, InputError, IsogroupError, RefusedError
-from isogroup.formats.domainxml import MAX_XML_BYTES, DomainSpec, parse_domain
+from isogroup.formats.domainxml import parse_domain
+from isogroup.formats.xml import MAX_XML_BYTES
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
-from isogroup.host.ledger import Claim, DeviceState, LedgerSession, MovedDevice, Phase
+from isogroup.host.ledger import LedgerSession
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
 from isogroup.libvirt.live import groups_in_use, spec_of
@@ -206,7 +209,7 @@ def _apply(host: Host, spec: DomainSpec, running: Sequence[DomainSpec], probes: 
         raise RefusedError(first.refusal())
     with host.ledger.locked() as session:
         finish_interrupted(host, session)
-        device_plan, topology = _plan_device(host, spec, running, session.claims_by_group(), probes)
+        device_plan, topology = _plan_device(host, spec, running, session.holders(), probes)
         if not device_plan.ok:
             raise RefusedError(device_plan.refusal())
         if not device_plan.groups:
@@ -306,16 +309,12 @@ def _undo_locked(host: Host, session: LedgerSession, name: str, applied: Applied
             ok = False
             continue
         claim = session.write(claim.without_device(address))
-    groups = tuple(g for g in claim.groups if g not in applied.new_groups or _holds_devices_in(claim, g))
+    groups = tuple(g for g in claim.groups if g not in applied.new_groups or claim.holds_devices_in(g))
     if applied.created and not groups and not claim.devices:
         session.remove(name)
     else:
         session.write(replace(claim, groups=groups))
     return ok
-
-
-def _holds_devices_in(claim: Claim, group: int) -> bool:
-    return any(d.group == group for d in claim.devices)
 
 
 # --------------------------------------------------------------------------------------------------------

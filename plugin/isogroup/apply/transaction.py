@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
+from isogroup.core.domain import DomainSpec
 from isogroup.core.drivers import VFIO_PCI, is_viable_driver
 from isogroup.core.model import HostTopology
 from isogroup.core.plan import Action, DomainPlan
@@ -19,10 +21,9 @@ from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.core.policy import Policy
 from isogroup.errors import HostError, IsogroupError, RefusedError
-from isogroup.formats.domainxml import DomainSpec
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
-from isogroup.host.ledger import Claim, DeviceState, Ledger, LedgerSession, MovedDevice, Phase
+from isogroup.host.ledger import Ledger, LedgerSession
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, Sysfs
 
@@ -49,7 +50,7 @@ class Host:
 
 def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
     topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes, capabilities=False)
-    return plan(domain, topology, session.claims_by_group(), host.policy), topology
+    return plan(domain, topology, session.holders(), host.policy), topology
 
 
 def settled_claims(host: Host) -> dict[int, str]:
@@ -226,15 +227,11 @@ def _release_groups(host: Host, session: LedgerSession, claim: Claim, groups: se
             claim = session.write(claim.without_device(device.address))
         else:  # the guest still runs: mark this device alone, so recover retries it and nothing else
             claim = session.write(claim.with_device(replace(device, state=DeviceState.RESTORE_FAILED)))
-    kept = tuple(g for g in claim.groups if g not in groups or claim_holds_devices_in(claim, g))
+    kept = tuple(g for g in claim.groups if g not in groups or claim.holds_devices_in(g))
     if not kept and not claim.devices:
         session.remove(claim.domain)
         return None
     return session.write(replace(claim, groups=kept))
-
-
-def claim_holds_devices_in(claim: Claim, group: int) -> bool:
-    return any(d.group == group for d in claim.devices)
 
 
 def finish_interrupted(host: Host, session: LedgerSession) -> None:

@@ -9,21 +9,20 @@ from pathlib import Path
 
 from isogroup.apply.hotplug import attach_device, detach_device
 from isogroup.apply.transaction import Host
-from isogroup.cli.main import _claims_to_text, load_claims, load_host
-from isogroup.core import policy, report
+from isogroup.cli.inputs import kernel, load_claims, load_host
+from isogroup.core import report
+from isogroup.core.domain import DomainSpec
 from isogroup.core.plan import DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT
 from isogroup.errors import ExitCode, InputError
-from isogroup.formats.domainxml import DomainSpec
+from isogroup.formats import policyfile
 from isogroup.host.ledger import Ledger, claim_to_json
 from isogroup.host.probes import ProbeSeams
-from isogroup.host.sysfs import Sysfs
 from isogroup.libvirt import agreement
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import LibvirtDomain, Virt
 from isogroup.logsetup import to_syslog
-from isogroup.paths import DEFAULT_SYSFS
 
 
 def _write_plans(args: argparse.Namespace, plans: list[DomainPlan]) -> None:
@@ -44,20 +43,21 @@ def check(args: argparse.Namespace) -> int:
     scope = {r.address for s in [*specs, *running] for r in s.pci}
     host = load_host(args, scope)
     claims = groups_in_use(load_claims(args), running, host)
-    host_policy = policy.load(args.policy, required=args.policy is not None)
+    host_policy = policyfile.load(args.policy, required=args.policy is not None)
     plans = [plan(s, host, claims, host_policy) for s in specs]
     _write_plans(args, plans)
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
 
 
 def _host(args: argparse.Namespace) -> Host:
-    host_policy = policy.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
-    return Host(Sysfs(args.sysfs), Ledger(args.ledger), policy=host_policy)
+    host_policy = policyfile.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
+    return Host(kernel(args), Ledger(args.ledger), policy=host_policy)
 
 
 def _probes(args: argparse.Namespace) -> ProbeSeams | None:
     """Host use is probed on the live host, as for `check`; a --sysfs tree has no /proc to probe with."""
-    return ProbeSeams.live_host(Sysfs(args.sysfs)) if args.sysfs == Path(DEFAULT_SYSFS) else None
+    sysfs = kernel(args)
+    return ProbeSeams.live_host(sysfs) if sysfs.live else None
 
 
 def _read(path: Path) -> bytes:
@@ -132,6 +132,6 @@ def status(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(report.dumps(doc))
     else:
-        sys.stdout.write(_claims_to_text(claims))
+        sys.stdout.write(report.claims_to_text(claims))
         sys.stdout.write(agreement.to_text(uri, [s.name for s in running], found))
     return ExitCode.OK if not found else ExitCode.REFUSED

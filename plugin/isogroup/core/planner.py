@@ -9,27 +9,25 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import GroupHolders
+from isogroup.core.domain import DomainSpec, PciRequest
 from isogroup.core.drivers import VFIO_PCI, is_vfio_driver, is_viable_driver
 from isogroup.core.model import HostTopology, PciFunction
 from isogroup.core.plan import Action, DomainPlan, GroupPlan, MemberPlan, Note, Problem, ProblemCode
 from isogroup.core.policy import DEFAULT, Mode, Policy, ProbeAction, merge
-from isogroup.formats.domainxml import DomainSpec, PciRequest
-
-# Who holds which IOMMU group now: group number -> domain name (the ledger's claims).
-Claims = Mapping[int, str]
 
 
 def plan(
     domain: DomainSpec,
     host: HostTopology,
-    claims: Claims | None = None,
+    holders: GroupHolders | None = None,
     policy: Policy = DEFAULT,
     *,
     unknown_refuses: bool = True,
 ) -> DomainPlan:
     """`unknown_refuses` False turns a probe's "could not tell" into a warning: for a person checking the live
     host without root, who is told to run as root for a verdict. The hook and snapshots always fail closed."""
-    claims = claims or {}
+    holders = holders or {}
     problems: list[Problem] = []
     notes = list(_notes(domain))
     requests = {r.address: r for r in domain.pci}
@@ -78,7 +76,7 @@ def plan(
 
     groups = []
     for number in sorted(group_numbers):
-        owner = claims.get(number)
+        owner = holders.get(number)
         if owner is not None and owner != domain.name:
             problems.append(
                 Problem(

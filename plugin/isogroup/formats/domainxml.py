@@ -6,91 +6,19 @@ network, under a size limit, and anything this module cannot read exactly is an 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from enum import StrEnum
-
 from lxml import etree
 
 from isogroup.core.address import PciAddress
-from isogroup.core.policy import DomainPolicy, read_domain_policy
+from isogroup.core.domain import DomainSpec, MdevRequest, NetworkRequest, PciRequest, Source
 from isogroup.errors import InputError
-
-MAX_XML_BYTES = 4 * 1024 * 1024  # libvirt's own domain documents are a few KiB; this is generous
-
-
-class Source(StrEnum):
-    """How the domain XML named the device."""
-
-    HOSTDEV = "hostdev"  # <hostdev mode='subsystem' type='pci'>
-    INTERFACE = "interface"  # <interface type='hostdev'>: an SR-IOV VF given as a NIC
-    NETWORK = "network"  # <interface type='network'> whose hostdev pool libvirt already picked a VF from
-
-
-@dataclass(frozen=True)
-class PciRequest:
-    address: PciAddress
-    managed: bool
-    source: Source
-    line: int | None = None
-
-
-@dataclass(frozen=True)
-class MdevRequest:
-    """A mediated device: its own IOMMU group, owned by the parent's driver; its parent is never detached."""
-
-    uuid: str
-    model: str | None
-
-
-@dataclass(frozen=True)
-class NetworkRequest:
-    """An interface on a libvirt network: if that network is a hostdev pool, libvirt picks the VF after the
-    prepare hook, so it can only be checked at `start begin`."""
-
-    network: str
-
-
-@dataclass(frozen=True)
-class DomainSpec:
-    name: str
-    uuid: str | None
-    pci: tuple[PciRequest, ...]
-    mdevs: tuple[MdevRequest, ...] = ()
-    networks: tuple[NetworkRequest, ...] = ()
-    policy: DomainPolicy = field(default_factory=DomainPolicy)  # the domain's <metadata><isogroup:policy>
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
-    )
-
-
-def _line(element: etree._Element) -> int | None:
-    # lxml-stubs mistype sourceline; it is an int, or None for a tree built in memory.
-    line = getattr(element, "sourceline", None)
-    return line if isinstance(line, int) else None
+from isogroup.formats.policyfile import read_domain_policy
+from isogroup.formats.xml import line as _line
+from isogroup.formats.xml import parse_number, parse_xml
 
 
 def _where(origin: str, element: etree._Element | None) -> str:
     line = _line(element) if element is not None else None
     return f"{origin} line {line}" if line else origin
-
-
-_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
-
-
-def parse_number(text: str) -> int:
-    """An address attribute as libvirt reads it (strtoul, base 0): `0x1f` is hex, `010` octal, `31` decimal.
-    ASCII digits only, no sign, no spaces, no underscores: exactly what libvirt's virStrToLong_uip accepts."""
-    if not _NUMBER.fullmatch(text):
-        raise InputError(f"{text!r} is not a number")
-    if text[:2] in ("0x", "0X"):
-        return int(text[2:], 16)
-    if text.startswith("0"):
-        return int(text, 8)
-    return int(text, 10)
 
 
 def _pci_address(element: etree._Element | None, origin: str, owner: etree._Element) -> PciAddress:
@@ -100,14 +28,13 @@ def _pci_address(element: etree._Element | None, origin: str, owner: etree._Elem
     for attr in ("domain", "bus", "slot", "function"):
         raw = element.get(attr)
         if raw is None:
-            if attr == "domain":
-                values[attr] = 0
-                continue
-            raise InputError(f"{_where(origin, element)}: <address> has no {attr!r} attribute")
+            # libvirt's virPCIDeviceAddressParseXML leaves an absent attribute 0 (its schema makes each optional).
+            values[attr] = 0
+            continue
         try:
             values[attr] = parse_number(raw)
         except InputError as exc:
-            raise InputError(f"{_where(origin, element)}: address {attr}={raw!r}: {exc.message}") from None
+            raise InputError(f"{_where(origin, element)}: address {attr}={exc.message}") from None
     try:
         return PciAddress(**values)
     except InputError as exc:
@@ -121,21 +48,6 @@ def _managed(element: etree._Element, origin: str) -> bool:
     if value not in ("yes", "no"):
         raise InputError(f"{_where(origin, element)}: managed={value!r} must be 'yes' or 'no'")
     return value == "yes"
-
-
-def parse_xml(data: bytes | str, origin: str) -> etree._Element:
-    """The one way isogroup parses libvirt XML: a size limit, no DTD, no entities, no network, no DOCTYPE."""
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > MAX_XML_BYTES:
-        raise InputError(f"{origin}: larger than {MAX_XML_BYTES} bytes; not a domain document")
-    try:
-        root = etree.fromstring(raw, _parser())
-    except etree.XMLSyntaxError as exc:
-        raise InputError(f"{origin}: malformed XML: {exc.msg}") from None
-    tree = root.getroottree()
-    if getattr(tree.docinfo, "doctype", "") or tree.docinfo.internalDTD is not None:
-        raise InputError(f"{origin}: a DOCTYPE is not allowed in a domain document")
-    return root
 
 
 def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:

@@ -16,7 +16,7 @@ from pathlib import Path
 from lxml import etree
 
 from isogroup.errors import InputError
-from isogroup.formats.domainxml import MAX_XML_BYTES
+from isogroup.formats.xml import MAX_XML_BYTES
 
 DEFAULT_SCHEMA_DIRS = (Path("/usr/share/libvirt/schemas"), Path("/usr/local/share/libvirt/schemas"))
 DOMAIN_SCHEMA = "domain.rng"

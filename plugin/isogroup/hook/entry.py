@@ -12,7 +12,7 @@ import io
 import os
 import sys
 
-from isogroup.paths import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_POLICY, DEFAULT_SYSFS, claim_filename
+from isogroup.paths import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_POLICY, claim_filename
 
 # (operation, sub-operation) pairs that may need work; every other call succeeds doing nothing.
 OPERATIONS = {
@@ -39,7 +39,7 @@ def main(
     *,
     stdin: io.BufferedIOBase | None = None,
     ledger_dir: str = DEFAULT_LEDGER_DIR,
-    sysfs_root: str = DEFAULT_SYSFS,
+    sysfs_root: str | None = None,  # None: the live host's /sys; a tree only in tests
     policy_path: str = DEFAULT_POLICY,
 ) -> int:
     argv = sys.argv if argv is None else argv

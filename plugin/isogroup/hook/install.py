@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isogroup.errors import InputError
-from isogroup.paths import DEFAULT_LEDGER_DIR, DEFAULT_POLICY, DEFAULT_SYSFS
+from isogroup.paths import DEFAULT_LEDGER_DIR, DEFAULT_POLICY
 
 DEFAULT_HOOKS_DIR = Path("/etc/libvirt/hooks")
 HOOK_NAME = "isogroup"
@@ -19,14 +19,14 @@ MARKER = "# isogroup hook: installed by 'isogroup install-hook', removed by 'iso
 def hook_script(
     python: str,
     ledger_dir: str = DEFAULT_LEDGER_DIR,
-    sysfs_root: str = DEFAULT_SYSFS,
+    sysfs_root: str | None = None,
     policy_path: str = DEFAULT_POLICY,
 ) -> str:
     """The executable libvirt runs. `-I`: the hook ignores PYTHON* variables and the current directory."""
     options = ""
     if ledger_dir != DEFAULT_LEDGER_DIR:
         options += f", ledger_dir={ledger_dir!r}"
-    if sysfs_root != DEFAULT_SYSFS:
+    if sysfs_root is not None:
         options += f", sysfs_root={sysfs_root!r}"
     if policy_path != DEFAULT_POLICY:
         options += f", policy_path={policy_path!r}"
@@ -56,7 +56,7 @@ def install_hook(
     hooks_dir: Path = DEFAULT_HOOKS_DIR,
     python: str = sys.executable,
     ledger_dir: str = DEFAULT_LEDGER_DIR,
-    sysfs_root: str = DEFAULT_SYSFS,
+    sysfs_root: str | None = None,
     policy_path: str = DEFAULT_POLICY,
 ) -> Installed:
     drop_in = hooks_dir / "qemu.d"

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from isogroup.apply.transaction import Host, Stage, check, prepare, reconnect, release
-from isogroup.core import policy
 from isogroup.errors import ExitCode, IsogroupError
+from isogroup.formats import policyfile
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
@@ -30,7 +30,7 @@ def run(
     xml: bytes,
     *,
     ledger_dir: str,
-    sysfs_root: str,
+    sysfs_root: str | None,
     policy_path: str = DEFAULT_POLICY,
     host: Host | None = None,
 ) -> int:
@@ -39,10 +39,10 @@ def run(
     try:
         # The policy is read on every call that does work: an edit applies to the next guest start.
         if host is None:
-            host_policy = policy.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
-            kernel = Sysfs(Path(sysfs_root))
+            host_policy = policyfile.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
             # The host's use of a device is probed on the live host only; another tree has no /proc to match.
-            probes = ProbeSeams.live_host(kernel) if kernel.root == Path("/sys") else None
+            kernel = Sysfs.live_host() if sysfs_root is None else Sysfs(sysfs_root)
+            probes = ProbeSeams.live_host(kernel) if kernel.live else None
             host = Host(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)
         if operation == "release":
             log.info("%s: release (%s)", name, extra)

@@ -17,64 +17,20 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, GroupHolders, MovedDevice, Phase, holders
 from isogroup.errors import InputError, StateError
 from isogroup.paths import CLAIMS, DEFAULT_LEDGER_DIR, claim_filename
 
 DEFAULT_DIR = Path(DEFAULT_LEDGER_DIR)
 VERSION = 1
 LOCK_TIMEOUT_S = 120.0  # a prepare may wait for another guest's whole group to bind; hooks have no timeout
-
-
-class Phase(StrEnum):
-    PREPARING = "preparing"  # devices are being moved; seen under the lock, the run that wrote it is dead
-    ACTIVE = "active"  # every move done and verified; the guest may run
-    RELEASING = "releasing"  # devices are being restored; seen under the lock, finish the job
-    FAILED = "failed"  # a restore failed: the devices listed stay recorded until release or recover succeeds
-
-
-class DeviceState(StrEnum):
-    MOVING = "moving"  # intent recorded; the device may be anywhere between its driver and vfio-pci
-    MOVED = "moved"  # on vfio-pci, verified
-    # Its group was being given back while the guest kept running (hot-unplug) and the restore failed: only this
-    # device is retried by `recover`, never the running guest's other groups.
-    RESTORE_FAILED = "restore-failed"
-
-
-@dataclass(frozen=True)
-class MovedDevice:
-    address: PciAddress
-    group: int
-    original_driver: str | None
-    original_override: str | None
-    state: DeviceState
-
-
-@dataclass(frozen=True)
-class Claim:
-    domain: str
-    phase: Phase
-    groups: tuple[int, ...]
-    devices: tuple[MovedDevice, ...] = ()
-    uuid: str | None = None
-    updated: float = field(default=0.0, compare=False)
-
-    def device(self, address: PciAddress) -> MovedDevice | None:
-        return next((d for d in self.devices if d.address == address), None)
-
-    def with_device(self, device: MovedDevice) -> Claim:
-        others = tuple(d for d in self.devices if d.address != device.address)
-        return replace(self, devices=(*others, device))
-
-    def without_device(self, address: PciAddress) -> Claim:
-        return replace(self, devices=tuple(d for d in self.devices if d.address != address))
 
 
 def claim_to_json(claim: Claim) -> dict[str, Any]:
@@ -231,8 +187,8 @@ class LedgerSession:
         names = sorted(n for n in os.listdir(self._fd) if n.endswith(".json"))
         return [c for n in names if (c := self._read_file(n)) is not None]
 
-    def claims_by_group(self) -> Mapping[int, str]:
-        return {g: c.domain for c in self.claims() for g in c.groups}
+    def holders(self) -> GroupHolders:
+        return holders(self.claims())
 
     def write(self, claim: Claim) -> Claim:
         """Atomically replace the domain's claim; returns what was written."""

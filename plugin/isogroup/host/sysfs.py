@@ -33,19 +33,21 @@ _MODPROBE_DIRS = "/usr/sbin:/sbin:/usr/bin:/bin"
 
 
 class Sysfs:
-    """`dev` is the matching /dev, for /dev/vfio/N: by default /dev with /sys, and none for any other tree."""
+    """A sysfs tree. `dev` is the matching /dev, for /dev/vfio/N (None: there is none, the viability ioctl cannot
+    be asked). `live`: this is the running kernel's own sysfs, whose uevents announce binds; chosen by the
+    caller (`Sysfs.live_host()`), never guessed from the path."""
 
-    def __init__(self, root: Path | str = "/sys", dev: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str, dev: Path | str | None = None, *, live: bool = False) -> None:
         self.root = Path(root)
-        if dev is None and self.root == Path("/sys"):
-            dev = "/dev"
         self.dev = Path(dev) if dev is not None else None
+        self.live = live
+
+    @classmethod
+    def live_host(cls) -> Sysfs:
+        return cls("/sys", "/dev", live=True)
 
     def __repr__(self) -> str:
-        return f"Sysfs({str(self.root)!r})"
-
-    def path(self, rel: str) -> Path:
-        return self.root / rel
+        return f"Sysfs({str(self.root)!r}{', live' if self.live else ''})"
 
     def read(self, rel: str) -> str | None:
         """An attribute's value without its trailing newline; None when it does not exist or cannot be read."""
@@ -119,12 +121,13 @@ class Sysfs:
         current = self.driver_of(address)
         if current == wanted or timeout <= 0:
             return current
-        if self.root == Path("/sys"):
-            from isogroup.host.uevents import wait_for_driver_event  # noqa: PLC0415 - pyudev only when needed
+        if self.live:
+            from isogroup.host.uevents import UeventsUnavailable, wait_for_driver_event  # noqa: PLC0415 - pyudev
 
-            settled = wait_for_driver_event(self, address, wanted, timeout)
-            if settled is not None:
-                return settled[0]
+            try:
+                return wait_for_driver_event(address, wanted, timeout, lambda: self.driver_of(address))
+            except UeventsUnavailable:
+                pass  # poll below
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:

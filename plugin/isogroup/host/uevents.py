@@ -5,21 +5,22 @@ from __future__ import annotations
 import logging
 import select
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from isogroup.core.address import PciAddress
-
-if TYPE_CHECKING:
-    from isogroup.host.sysfs import Sysfs
 
 log = logging.getLogger("isogroup")
 
 
+class UeventsUnavailable(Exception):
+    """No pyudev or no netlink socket here: the caller polls instead."""
+
+
 def wait_for_driver_event(
-    sysfs: Sysfs, address: PciAddress, wanted: str | None, timeout: float
-) -> tuple[str | None] | None:
-    """(driver,) once the device's driver is `wanted` or the time is up; None when uevents cannot be had
-    (no pyudev, no netlink socket), so the caller polls instead."""
+    address: PciAddress, wanted: str | None, timeout: float, current_driver: Callable[[], str | None]
+) -> str | None:
+    """The device's driver once it is `wanted` or the time is up, woken by the kernel's uevents for PCI devices;
+    `current_driver` reads it from sysfs. UeventsUnavailable when uevents cannot be had."""
     try:
         import pyudev  # noqa: PLC0415
 
@@ -28,11 +29,11 @@ def wait_for_driver_event(
         monitor.start()
     except (ImportError, OSError, ValueError) as exc:
         log.debug("uevents unavailable (%s); polling", exc)
-        return None
+        raise UeventsUnavailable(str(exc)) from None
     deadline = time.monotonic() + timeout
     name = str(address)
     # The monitor runs before this look, so a bind that lands in between is seen here or as an event.
-    while (current := sysfs.driver_of(address)) != wanted:
+    while (current := current_driver()) != wanted:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -41,4 +42,4 @@ def wait_for_driver_event(
             while (device := monitor.poll(timeout=0)) is not None:
                 if device.sys_name == name:
                     log.debug("uevent %s for %s", device.action, name)
-    return (current,)
+    return current

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import Claim, DeviceState, Phase
+from isogroup.core.domain import DomainSpec
 from isogroup.core.drivers import VFIO_PCI, is_vfio_driver
 from isogroup.errors import InputError
-from isogroup.formats.domainxml import MAX_XML_BYTES, DomainSpec, parse_status
-from isogroup.host.ledger import Claim, DeviceState, Phase
+from isogroup.formats.domainxml import parse_status
+from isogroup.formats.xml import MAX_XML_BYTES
 from isogroup.libvirt.virt import NodeDevice
 
 

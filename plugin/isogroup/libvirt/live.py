@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
-from isogroup.formats.domainxml import DomainSpec, parse_domain
+from isogroup.formats.domainxml import parse_domain
 from isogroup.libvirt.virt import LibvirtDomain
 
 

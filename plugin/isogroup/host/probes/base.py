@@ -20,10 +20,9 @@ from isogroup.core.address import PciAddress
 from isogroup.core.model import Finding, UseCode
 from isogroup.host.sysfs import Sysfs
 
-# Could-not-tell, per probe family (see the package docstring): reported in the family it concerns, so that the
-# policy for that family (refuse or warn) covers it too. The message always starts "could not tell whether".
-# model.UseCode has no code of its own for it yet; each family maps to its code for the use that could not be
-# ruled out. Proposed: one `<family>-unknown` code per family, which changes only this table.
+# Could-not-tell, per probe family (see the package docstring): reported as the family's `<family>-unknown` code,
+# so that the policy for that family (refuse or warn) covers it too. The message always starts "could not tell
+# whether".
 UNKNOWN_CODES: dict[str, UseCode] = {code.family: code for code in UseCode if code.unknown}
 UNKNOWN_PREFIX = "could not tell whether"
 # How sysfs names a PCI function's directory (domain of 4 or more hex digits: VMD uses 5).
@@ -47,7 +46,7 @@ class ProbeSeams:
 
     @classmethod
     def live_host(cls, sysfs: Sysfs | None = None) -> ProbeSeams:
-        sysfs = sysfs if sysfs is not None else Sysfs("/sys")
+        sysfs = sysfs if sysfs is not None else Sysfs.live_host()
         return cls(sysfs, Path("/proc"), Path("/dev"), live=True, udev=Path("/run/udev/data"))
 
     @classmethod

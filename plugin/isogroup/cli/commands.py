@@ -1,0 +1,145 @@
+"""The commands that need no libvirt: check, groups, explain, snapshot, install-hook, uninstall-hook, status,
+recover. Each takes the parsed arguments and returns an exit code; errors are raised, and mapped to exit codes
+in one place (`cli.main`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from isogroup.apply.transaction import Host, recover
+from isogroup.cli.inputs import kernel, load_claims, load_host, read_domain_file
+from isogroup.core import report
+from isogroup.core.address import PciAddress
+from isogroup.core.claims import Phase
+from isogroup.core.planner import plan
+from isogroup.errors import ExitCode, InputError
+from isogroup.formats import policyfile, snapshot
+from isogroup.formats.schema import find_domain_schema
+from isogroup.hook.install import install_hook, uninstall_hook
+from isogroup.host.hostscan import read_topology
+from isogroup.host.ledger import Ledger, claim_to_json
+from isogroup.logsetup import to_syslog
+from isogroup.paths import DEFAULT_POLICY
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.libvirt_domain or args.all:
+        if args.domains:
+            raise InputError("give DOMAIN.xml files, or --domain/--all to read domains from libvirt, not both")
+        from isogroup.cli import libvirt as cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+        return cli_libvirt.check(args)
+    if not args.domains:
+        raise InputError(
+            "nothing to check: give DOMAIN.xml files, or --domain NAME / --all to read them from libvirt",
+            hint="see 'isogroup --help'",
+        )
+    if args.connect is not None:
+        raise InputError("-c/--connect reads domains from libvirt: use it with --domain NAME or --all")
+    schema = None if args.no_schema else find_domain_schema()
+    domains = [read_domain_file(p, schema) for p in args.domains]
+    scope = {r.address for d in domains for r in d.pci}
+    host = load_host(args, scope)
+    claims = load_claims(args)
+    host_policy = policyfile.load(args.policy, required=args.policy is not None)
+    # Probing the live host without root leaves much unknown: say so, and leave the verdict to a root run.
+    lenient = host.probed and args.host is None and args.sysfs is None and os.geteuid() != 0
+    plans = [plan(d, host, claims, host_policy, unknown_refuses=not lenient) for d in domains]
+    if args.format == "json":
+        sys.stdout.write(report.dumps(report.plans_to_json(plans)))
+    else:
+        sys.stdout.write(report.plans_to_text(plans))
+    return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    host = load_host(args)
+    if args.format == "json":
+        sys.stdout.write(report.dumps(report.groups_to_json(host)))
+    else:
+        sys.stdout.write(report.groups_to_text(host))
+    return ExitCode.OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from isogroup.core import explain  # noqa: PLC0415 - loaded only when asked for
+
+    address = PciAddress.parse(args.address)
+    # The topology only: explaining needs no host-use probes.
+    host = snapshot.load(args.host) if args.host is not None else read_topology(kernel(args))
+    why = explain.explain(host, address)
+    sys.stdout.write(report.dumps(explain.to_json(why)) if args.format == "json" else explain.to_text(why))
+    return ExitCode.OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    text = snapshot.dumps(load_host(args))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text)
+        except OSError as exc:
+            raise InputError(f"cannot write {args.output}: {exc.strerror}") from None
+    return ExitCode.OK
+
+
+def cmd_install_hook(args: argparse.Namespace) -> int:
+    if args.policy is not None:
+        policyfile.load(args.policy, required=True)  # refuse to install a hook that would refuse every start
+    installed = install_hook(
+        args.hooks_dir,
+        ledger_dir=str(args.ledger),
+        sysfs_root=str(args.sysfs) if args.sysfs is not None else None,
+        policy_path=str(args.policy or DEFAULT_POLICY),
+    )
+    sys.stderr.write(f"installed {installed.path}\n")
+    if installed.first_hook:
+        sys.stderr.write(
+            "libvirt had no qemu hook before: restart the daemon once so it sees this one "
+            "(systemctl restart libvirtd, or virtqemud on modular daemons)\n"
+        )
+    return ExitCode.OK
+
+
+def cmd_uninstall_hook(args: argparse.Namespace) -> int:
+    removed = uninstall_hook(args.hooks_dir)
+    sys.stderr.write(f"removed {removed}\n" if removed else "no isogroup hook was installed\n")
+    return ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.libvirt:
+        from isogroup.cli import libvirt as cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+        return cli_libvirt.status(args)
+    if args.connect is not None or args.status_dir is not None:
+        raise InputError("-c/--connect and --status-dir compare with libvirt: use them with --libvirt")
+    claims = Ledger(args.ledger).read_all_unlocked()
+    if args.format == "json":
+        sys.stdout.write(report.dumps([claim_to_json(c) for c in claims]))
+    else:
+        sys.stdout.write(report.claims_to_text(claims))
+    return ExitCode.OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    to_syslog()
+    host = Host(kernel(args), Ledger(args.ledger))
+    left = recover(host, set(args.domain) if args.domain else None)
+    sys.stdout.write(report.claims_to_text(left))
+    return ExitCode.OK if not any(c.phase is Phase.FAILED for c in left) else ExitCode.HOST
+
+
+def cmd_attach_device(args: argparse.Namespace) -> int:
+    from isogroup.cli import libvirt as cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+    return cli_libvirt.attach(args)
+
+
+def cmd_detach_device(args: argparse.Namespace) -> int:
+    from isogroup.cli import libvirt as cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
+
+    return cli_libvirt.detach(args)
