@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from fakes.simkernel import SimKernel, make_function, make_topology
-from isogroup.apply.transaction import Host
+from isogroup.apply.transaction import Context
 from isogroup.core.address import PciAddress
 from isogroup.core.model import Header, HostTopology
 from isogroup.host.ledger import Ledger
@@ -89,9 +89,11 @@ def desktop() -> HostTopology:
     )
 
 
-def make_host(tmp: Path, topology: HostTopology | None = None, *, bind_timeout: float = 0.2) -> tuple[SimKernel, Host]:
+def make_host(
+    tmp: Path, topology: HostTopology | None = None, *, bind_timeout: float = 0.2
+) -> tuple[SimKernel, Context]:
     sim = SimKernel.materialize(tmp / "sys", topology or desktop())
-    return sim, Host(sim, Ledger(tmp / "run"), bind_timeout=bind_timeout)
+    return sim, Context(sim, Ledger(tmp / "run"), bind_timeout=bind_timeout)
 
 
 def domain_xml(name: str, *addresses: PciAddress, managed: str = "yes", extra: str = "") -> bytes:

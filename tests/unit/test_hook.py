@@ -21,7 +21,7 @@ from fakes.hostfixtures import (
     libvirt_reattach,
     make_host,
 )
-from isogroup.apply.transaction import Host
+from isogroup.apply.transaction import Context
 from isogroup.hook import entry as hookentry
 from isogroup.hook import run as hook
 from isogroup.hook.install import MARKER, hook_script, install_hook, uninstall_hook
@@ -34,7 +34,7 @@ PLAIN = (
 )
 
 
-def call(host: Host, name: str, op: str, sub: str, xml: bytes, extra: str = "-") -> int:
+def call(host: Context, name: str, op: str, sub: str, xml: bytes, extra: str = "-") -> int:
     """The slow path with the simulated kernel injected (the seams are parameters, not globals)."""
     return hook.run(name, op, sub, extra, xml, ledger_dir="", sysfs_root="", host=host)
 

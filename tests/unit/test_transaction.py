@@ -28,14 +28,14 @@ from fakes.hostfixtures import (
     tree_digest,
 )
 from fakes.simkernel import FailNth, Faults, KillAt, KillWhen, NeverBind, SimKernel
-from isogroup.apply.transaction import Host, Stage, prepare, recover, release, release_groups
+from isogroup.apply.transaction import Context, Stage, prepare, recover, release, release_groups
 from isogroup.core.claims import Phase
 from isogroup.errors import HostError, RefusedError
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
 
 
-def claims(host: Host) -> dict[str, Phase]:
+def claims(host: Context) -> dict[str, Phase]:
     return {c.domain: c.phase for c in host.ledger.read_all_unlocked()}
 
 
@@ -171,7 +171,7 @@ def test_vfio_pci_is_loaded_before_the_first_move(tmp_path: Path) -> None:
     from fakes.hostfixtures import desktop
 
     sim = SimKernel.materialize(tmp_path / "sys", desktop(), vfio_loaded=False)
-    host = Host(sim, Ledger(tmp_path / "run"), bind_timeout=0.2)
+    host = Context(sim, Ledger(tmp_path / "run"), bind_timeout=0.2)
     prepare(host, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
     assert "vfio-pci" in sim.loaded_drivers() and sim.driver(AUDIO) == "vfio-pci"
 
@@ -180,7 +180,7 @@ def test_a_failed_modprobe_refuses_and_changes_nothing(tmp_path: Path) -> None:
     from fakes.hostfixtures import desktop
 
     sim = SimKernel.materialize(tmp_path / "sys", desktop(), vfio_loaded=False, faults=Faults(fail_modprobe=("vfio*",)))
-    host = Host(sim, Ledger(tmp_path / "run"), bind_timeout=0.2)
+    host = Context(sim, Ledger(tmp_path / "run"), bind_timeout=0.2)
     with pytest.raises(HostError, match="modprobe"):
         prepare(host, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
     assert_home(sim, tmp_path / "run")
@@ -239,7 +239,7 @@ def test_a_restore_that_fails_keeps_the_device_recorded_until_it_succeeds(tmp_pa
 
 def _prepare_in_child(root: str) -> None:
     sim = SimKernel(Path(root) / "sys")
-    host = Host(sim, Ledger(Path(root) / "run"), bind_timeout=0.2)
+    host = Context(sim, Ledger(Path(root) / "run"), bind_timeout=0.2)
     prepare(host, parse_domain(domain_xml("g", GPU, SATA)), Stage.PREPARE)
 
 
@@ -279,7 +279,7 @@ def test_recover_finishes_a_killed_prepare(tmp_path: Path) -> None:
 
 def _contend(root: str, name: str, address: str, results: multiprocessing.Queue[tuple[str, str]]) -> None:
     sim = SimKernel(Path(root) / "sys")
-    host = Host(sim, Ledger(Path(root) / "run"), bind_timeout=2.0)
+    host = Context(sim, Ledger(Path(root) / "run"), bind_timeout=2.0)
     try:
         prepare(host, parse_domain(domain_xml(name, GPU.__class__.parse(address))), Stage.PREPARE)
         results.put((name, "ok"))

@@ -22,7 +22,7 @@ import pytest
 
 from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, SimKernel
 from isogroup.apply.hotplug import attach_device, detach_device, parse_device
-from isogroup.apply.transaction import Host, Stage, prepare, release
+from isogroup.apply.transaction import Context, Stage, prepare, release
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.core.domain import DomainSpec
@@ -70,17 +70,17 @@ def topology(**on: tuple[str, str]) -> tuple[HostTopology, dict[PciAddress, str 
     return HostTopology.build(topo.iommu, functions, topo.groups), natives
 
 
-def make(tmp_path: Path, **on: tuple[str, str]) -> tuple[SimKernel, Host]:
+def make(tmp_path: Path, **on: tuple[str, str]) -> tuple[SimKernel, Context]:
     topo, natives = topology(**on)
     sim = SimKernel.materialize(tmp_path / "sys", topo, native=natives)
-    return sim, Host(sim, Ledger(tmp_path / "run"), bind_timeout=0.2)
+    return sim, Context(sim, Ledger(tmp_path / "run"), bind_timeout=0.2)
 
 
-def claims(host: Host) -> list[Claim]:
+def claims(host: Context) -> list[Claim]:
     return host.ledger.read_all_unlocked()
 
 
-def write_claim(host: Host, claim: Claim) -> None:
+def write_claim(host: Context, claim: Claim) -> None:
     with host.ledger.locked() as session:
         session.write(claim)
 
@@ -146,11 +146,11 @@ import sys
 from pathlib import Path
 from isogroup.apply.hotplug import attach_device
 from isogroup.host.ledger import Ledger
-from isogroup.apply.transaction import Host
+from isogroup.apply.transaction import Context
 from isogroup.libvirt.virt import Virt
 from fakes.simkernel import SimKernel
 tmp, uri, device = Path(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
-host = Host(SimKernel(tmp / "sys"), Ledger(tmp / "run"), bind_timeout=0.2)
+host = Context(SimKernel(tmp / "sys"), Ledger(tmp / "run"), bind_timeout=0.2)
 with Virt.open(uri, read_only=False) as virt:
     attach_device(host, virt, "plain", device, "usb.xml")
 """

@@ -695,7 +695,7 @@ def prepare_overhead(ctx: Ctx, s: g.Scenario) -> None:
     libvirt does, end to end, and transaction.prepare in this process) against a plain shell loop doing the
     same sysfs writes (driver_override, unbind, drivers_probe per device). Medians of BENCH_REPEAT runs after
     a warm-up, everything restored between runs. Each run must still move and restore every device."""
-    from isogroup.apply.transaction import Host, Stage, prepare, release
+    from isogroup.apply.transaction import Context, Stage, prepare, release
     from isogroup.formats.domainxml import parse_domain
     from isogroup.host.ledger import Ledger
     from isogroup.host.sysfs import Sysfs
@@ -704,7 +704,7 @@ def prepare_overhead(ctx: Ctx, s: g.Scenario) -> None:
     iso = fresh(ctx)
     dom = Domain(iso, "bench", [nic])
     plain = Domain(iso, "bench-plain", [])
-    host = Host(Sysfs(Path("/sys")), Ledger(iso.ledger))
+    host = Context(Sysfs(Path("/sys")), Ledger(iso.ledger))
     spec = parse_domain(dom.xml.encode(), origin="bench")
     move_script = _SHELL_MOVE.format(devices=" ".join(siblings))
     restore_script = _SHELL_RESTORE.format(devices=" ".join(siblings))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from lxml import etree
 
-from isogroup.apply.transaction import Host, finish_interrupted, release_groups, settled_claims
+from isogroup.apply.transaction import Context, finish_interrupted, release_groups, settled_claims
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.core.domain import DomainSpec
@@ -117,7 +117,7 @@ class Applied:
 
 
 def attach_device(
-    host: Host,
+    ctx: Context,
     virt: Virt,
     name: str,
     data: bytes,
@@ -129,7 +129,7 @@ def attach_device(
 ) -> DomainPlan:
     """Returns the device's plan once libvirt attached it. RefusedError (nothing changed) when isolation
     would break; libvirt's refusal re-raised after this run's moves are undone. The plan weighs the host's
-    policy (`host.policy`, with the guest's <metadata> adjustments) and, with `probes`, the host's use of
+    policy (`ctx.policy`, with the guest's <metadata> adjustments) and, with `probes`, the host's use of
     every device that would leave its driver, as a start does."""
     current = virt.domain(name)
     target = Target.of(name, current.active, live=live, config=config)
@@ -139,8 +139,8 @@ def attach_device(
 
     if not target.live:
         # Only the persistent definition changes: nothing moves now, the hook isolates the group at start.
-        topology = read_topology(host.kernel, scope=device.addresses, probes=probes)
-        device_plan = plan(device.spec, topology, policy=host.policy)
+        topology = read_topology(ctx.kernel, scope=device.addresses, probes=probes)
+        device_plan = plan(device.spec, topology, policy=ctx.policy)
         if not device_plan.ok:
             raise RefusedError(device_plan.refusal())
         virt.attach(name, device.xml, target.flags)
@@ -149,7 +149,7 @@ def attach_device(
 
     # Read libvirt before taking the ledger's lock, never while holding it.
     running = [spec_of(d) for d in virt.domains(active_only=True)]
-    applied = _apply(host, device.spec, running, probes)
+    applied = _apply(ctx, device.spec, running, probes)
     try:
         virt.attach(name, device.xml, target.flags)
     except BaseException as exc:
@@ -157,7 +157,7 @@ def attach_device(
             log.error("%s: libvirt reported %s, but the device is attached: its groups stay isolated", name, exc)
             _rehint(exc, "the device is attached to the running guest all the same; its IOMMU group stays isolated")
             raise
-        if not _undo(host, name, applied):
+        if not _undo(ctx, name, applied):
             _rehint(exc, "isogroup could not put back everything it moved for this device: see 'isogroup status'")
         raise
     log.info("%s: device attached live (%s)", name, where)
@@ -193,23 +193,23 @@ def _attached_anyway(virt: Virt, name: str, device: Device) -> bool:
 
 
 def _plan_device(
-    host: Host, spec: DomainSpec, running: Sequence[DomainSpec], ledger: Mapping[int, str], probes: ProbeSeams | None
+    ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], ledger: Mapping[int, str], probes: ProbeSeams | None
 ) -> tuple[DomainPlan, HostTopology]:
     # The running guests' devices are read only for their groups; host use is probed for this device's groups.
-    theirs = read_topology(host.kernel, scope={r.address for s in running for r in s.pci})
-    topology = read_topology(host.kernel, scope={r.address for r in spec.pci}, probes=probes)
-    return plan(spec, topology, groups_in_use(ledger, running, theirs), host.policy), topology
+    theirs = read_topology(ctx.kernel, scope={r.address for s in running for r in s.pci})
+    topology = read_topology(ctx.kernel, scope={r.address for r in spec.pci}, probes=probes)
+    return plan(spec, topology, groups_in_use(ledger, running, theirs), ctx.policy), topology
 
 
-def _apply(host: Host, spec: DomainSpec, running: Sequence[DomainSpec], probes: ProbeSeams | None) -> Applied:
+def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], probes: ProbeSeams | None) -> Applied:
     # A refusal is decided before taking the lock, so that it creates nothing, not even the ledger directory;
     # the plan is made again under the lock, where it counts.
-    first, _ = _plan_device(host, spec, running, settled_claims(host), probes)
+    first, _ = _plan_device(ctx, spec, running, settled_claims(ctx), probes)
     if not first.ok:
         raise RefusedError(first.refusal())
-    with host.ledger.locked() as session:
-        finish_interrupted(host, session)
-        device_plan, topology = _plan_device(host, spec, running, session.holders(), probes)
+    with ctx.ledger.locked() as session:
+        finish_interrupted(ctx, session)
+        device_plan, topology = _plan_device(ctx, spec, running, session.holders(), probes)
         if not device_plan.ok:
             raise RefusedError(device_plan.refusal())
         if not device_plan.groups:
@@ -220,18 +220,18 @@ def _apply(host: Host, spec: DomainSpec, running: Sequence[DomainSpec], probes: 
         claim = session.write(replace(claim, groups=tuple(sorted({*claim.groups, *new_groups}))))
         touched: list[PciAddress] = []
         try:
-            claim = _move(host, session, claim, device_plan, topology, touched=touched)
-            _verify(host, device_plan)
+            claim = _move(ctx, session, claim, device_plan, topology, touched=touched)
+            _verify(ctx, device_plan)
         except BaseException as exc:
             log.error("%s: hotplug: %s; rolling back", spec.name, exc)
-            _undo_locked(host, session, spec.name, Applied(device_plan, tuple(touched), new_groups, before is None))
+            _undo_locked(ctx, session, spec.name, Applied(device_plan, tuple(touched), new_groups, before is None))
             raise
         log.info("%s: hotplug: groups %s isolated", spec.name, ", ".join(map(str, device_plan.group_numbers)))
         return Applied(device_plan, tuple(touched), new_groups, before is None)
 
 
 def _move(
-    host: Host,
+    ctx: Context,
     session: LedgerSession,
     claim: Claim,
     device_plan: DomainPlan,
@@ -240,8 +240,8 @@ def _move(
     touched: list[PciAddress],
 ) -> Claim:
     moves = [(g.group, m.address) for g in device_plan.groups for m in g.to_move]
-    if moves and not host.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
-        host.kernel.modprobe(VFIO_PCI)
+    if moves and not ctx.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
+        ctx.kernel.modprobe(VFIO_PCI)
     for group, address in moves:
         func = topology.by_address[address]
         known = claim.device(address)  # moved earlier for this guest: keep the original driver recorded then
@@ -250,15 +250,15 @@ def _move(
         if known is None:
             touched.append(address)
         log.info("%s: hotplug: moving %s (group %d) from %s to %s", claim.domain, address, group, func.driver, VFIO_PCI)
-        move_to_vfio(host.kernel, address, host.bind_timeout)
+        move_to_vfio(ctx.kernel, address, ctx.bind_timeout)
         claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVED)))
     return claim
 
 
-def _verify(host: Host, device_plan: DomainPlan) -> None:
+def _verify(ctx: Context, device_plan: DomainPlan) -> None:
     """Every member on a driver VFIO accepts, but the requested managed='yes' devices, which libvirt's attach
     detaches itself; with none of those pending, the kernel's viability ioctl must agree."""
-    now = read_topology(host.kernel, scope={m.address for g in device_plan.groups for m in g.members})
+    now = read_topology(ctx.kernel, scope={m.address for g in device_plan.groups for m in g.members})
     for group_plan in device_plan.groups:
         planned = {m.address: m for m in group_plan.members}
         group = now.by_group.get(group_plan.group)
@@ -274,23 +274,23 @@ def _verify(host: Host, device_plan: DomainPlan) -> None:
         if blockers:
             raise HostError(f"IOMMU group {group_plan.group} is still not viable: {'; '.join(blockers)}")
         pending = any(m.action is Action.LIBVIRT for m in group_plan.members)
-        if not pending and host.kernel.vfio_group_viable(group_plan.group) is False:
+        if not pending and ctx.kernel.vfio_group_viable(group_plan.group) is False:
             raise HostError(f"the kernel reports IOMMU group {group_plan.group} not viable after the moves")
 
 
-def _undo(host: Host, name: str, applied: Applied) -> bool:
+def _undo(ctx: Context, name: str, applied: Applied) -> bool:
     """After libvirt refused: a failure here is logged, and the caller re-raises libvirt's error."""
     if not applied.touched and not applied.new_groups:
         return True
     try:
-        with host.ledger.locked() as session:
-            return _undo_locked(host, session, name, applied)
+        with ctx.ledger.locked() as session:
+            return _undo_locked(ctx, session, name, applied)
     except IsogroupError as exc:
         log.error("%s: hotplug rollback failed: %s", name, exc)
         return False
 
 
-def _undo_locked(host: Host, session: LedgerSession, name: str, applied: Applied) -> bool:
+def _undo_locked(ctx: Context, session: LedgerSession, name: str, applied: Applied) -> bool:
     """Put back exactly what `applied` moved, newest first, and drop the groups it added. A device that
     cannot be put back stays recorded, with its group, and the guest's release tries again. True when all
     went back."""
@@ -303,7 +303,7 @@ def _undo_locked(host: Host, session: LedgerSession, name: str, applied: Applied
         if device is None:
             continue
         try:
-            restore(host.kernel, address, device.original_driver, device.original_override, host.bind_timeout)
+            restore(ctx.kernel, address, device.original_driver, device.original_override, ctx.bind_timeout)
         except IsogroupError as exc:
             log.error("%s: hotplug rollback: could not restore %s: %s", name, address, exc)
             ok = False
@@ -322,7 +322,7 @@ def _undo_locked(host: Host, session: LedgerSession, name: str, applied: Applied
 
 
 def detach_device(
-    host: Host,
+    ctx: Context,
     virt: Virt,
     name: str,
     data: bytes,
@@ -350,7 +350,7 @@ def detach_device(
         remaining = _wait_until_released(virt, name, attached, wait)
     else:
         # Gone from the running guest already: restore what its groups left behind, if anything.
-        if not target.config and not _claimed(host, name, device.addresses):
+        if not target.config and not _claimed(ctx, name, device.addresses):
             shown = ", ".join(map(str, sorted(device.addresses)))
             raise InputError(f"{shown} is not attached to '{name}' and isogroup holds nothing of it")
         if target.config:
@@ -358,14 +358,14 @@ def detach_device(
         remaining = spec
     if remaining is None:  # the guest stopped: its release restores everything
         return ()
-    return _restore_unused(host, name, device.addresses, remaining)
+    return _restore_unused(ctx, name, device.addresses, remaining)
 
 
-def _claimed(host: Host, name: str, addresses: Iterable[PciAddress]) -> bool:
+def _claimed(ctx: Context, name: str, addresses: Iterable[PciAddress]) -> bool:
     """Whether the guest's claim holds a group of one of `addresses` (read without the lock: a hint only)."""
-    topology = read_topology(host.kernel, scope=set(addresses))
+    topology = read_topology(ctx.kernel, scope=set(addresses))
     groups = {f.iommu_group for f in topology.functions if f.address in set(addresses)}
-    return any(c.domain == name and groups & set(c.groups) for c in host.ledger.read_all_unlocked())
+    return any(c.domain == name and groups & set(c.groups) for c in ctx.ledger.read_all_unlocked())
 
 
 def _wait_until_released(virt: Virt, name: str, addresses: Iterable[PciAddress], wait: float) -> DomainSpec | None:
@@ -391,18 +391,18 @@ def _wait_until_released(virt: Virt, name: str, addresses: Iterable[PciAddress],
         time.sleep(0.2)
 
 
-def _restore_unused(host: Host, name: str, addresses: Iterable[PciAddress], remaining: DomainSpec) -> tuple[int, ...]:
+def _restore_unused(ctx: Context, name: str, addresses: Iterable[PciAddress], remaining: DomainSpec) -> tuple[int, ...]:
     """Restore the guest's claimed groups of `addresses` that none of its remaining PCI devices is in."""
     wanted = set(addresses)
     still = {r.address for r in remaining.pci}
-    topology = read_topology(host.kernel, scope=wanted | still)
+    topology = read_topology(ctx.kernel, scope=wanted | still)
     used = {f.iommu_group for a in still if (f := topology.function(a)) is not None}
     freed = {g for a in wanted if (f := topology.function(a)) is not None and (g := f.iommu_group) is not None}
-    held = {g for c in host.ledger.read_all_unlocked() if c.domain == name for g in c.groups}
+    held = {g for c in ctx.ledger.read_all_unlocked() if c.domain == name for g in c.groups}
     freed = (freed - used) & held
     if not freed:
         return ()
-    left = release_groups(host, name, freed)
+    left = release_groups(ctx, name, freed)
     if left is not None and any(d.group in freed for d in left.devices):
         raise HostError(
             f"could not restore every device of IOMMU group(s) {', '.join(map(str, sorted(freed)))} of '{name}'",

@@ -38,8 +38,9 @@ class Stage(StrEnum):
 
 
 @dataclass(frozen=True)
-class Host:
-    """The seams one run works through: the kernel and the ledger."""
+class Context:
+    """What one run works with: its seams (the kernel, the ledger, the host-use probes), the policy it applies
+    and how long it waits for a bind."""
 
     kernel: Sysfs
     ledger: Ledger
@@ -48,54 +49,51 @@ class Host:
     probes: ProbeSeams | None = None  # host-use probes; None: plans say host use was not probed
 
 
-def _plan(host: Host, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
-    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes, capabilities=False)
-    return plan(domain, topology, session.holders(), host.policy), topology
+def _plan(ctx: Context, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
+    topology = read_topology(ctx.kernel, scope={r.address for r in domain.pci}, probes=ctx.probes, capabilities=False)
+    return plan(domain, topology, session.holders(), ctx.policy), topology
 
 
-def settled_claims(host: Host) -> dict[int, str]:
+def settled_claims(ctx: Context) -> dict[int, str]:
     """Claims read without the lock (each file is replaced atomically): only settled ones, because a claim still
     preparing or releasing may be finished or undone by the next locked run."""
     return {
-        g: c.domain
-        for c in host.ledger.read_all_unlocked()
-        if c.phase in (Phase.ACTIVE, Phase.FAILED)
-        for g in c.groups
+        g: c.domain for c in ctx.ledger.read_all_unlocked() if c.phase in (Phase.ACTIVE, Phase.FAILED) for g in c.groups
     }
 
 
-def _plan_unlocked(host: Host, domain: DomainSpec) -> DomainPlan:
-    topology = read_topology(host.kernel, scope={r.address for r in domain.pci}, probes=host.probes, capabilities=False)
-    return plan(domain, topology, settled_claims(host), host.policy)
+def _plan_unlocked(ctx: Context, domain: DomainSpec) -> DomainPlan:
+    topology = read_topology(ctx.kernel, scope={r.address for r in domain.pci}, probes=ctx.probes, capabilities=False)
+    return plan(domain, topology, settled_claims(ctx), ctx.policy)
 
 
-def check(host: Host, domain: DomainSpec) -> DomainPlan:
+def check(ctx: Context, domain: DomainSpec) -> DomainPlan:
     """Plan only (migrate, restore): refuse early, change nothing, not even the ledger directory."""
-    domain_plan = _plan_unlocked(host, domain)
+    domain_plan = _plan_unlocked(ctx, domain)
     if not domain_plan.ok:
         raise RefusedError(domain_plan.refusal())
     return domain_plan
 
 
-def prepare(host: Host, domain: DomainSpec, stage: Stage) -> DomainPlan:
+def prepare(ctx: Context, domain: DomainSpec, stage: Stage) -> DomainPlan:
     # A refusal must change nothing, not even create the ledger: where there is none yet, plan first without
     # the lock. A plan that passes is made again under the lock, where the claims are certain.
-    if not host.ledger.exists():
-        early = _plan_unlocked(host, domain)
+    if not ctx.ledger.exists():
+        early = _plan_unlocked(ctx, domain)
         if not early.ok:
             raise RefusedError(early.refusal())
-    with host.ledger.locked() as session:
-        finish_interrupted(host, session)
-        domain_plan, topology = _plan(host, session, domain)
+    with ctx.ledger.locked() as session:
+        finish_interrupted(ctx, session)
+        domain_plan, topology = _plan(ctx, session, domain)
         if not domain_plan.ok:
             raise RefusedError(domain_plan.refusal())
         if domain_plan.groups:
-            _apply(host, session, domain, domain_plan, topology, stage=stage)
+            _apply(ctx, session, domain, domain_plan, topology, stage=stage)
         return domain_plan
 
 
 def _apply(
-    host: Host,
+    ctx: Context,
     session: LedgerSession,
     domain: DomainSpec,
     domain_plan: DomainPlan,
@@ -111,8 +109,8 @@ def _apply(
     moves = [(g.group, m.address) for g in domain_plan.groups for m in g.to_move]
     touched: list[PciAddress] = []
     try:
-        if moves and not host.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
-            host.kernel.modprobe(VFIO_PCI)
+        if moves and not ctx.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
+            ctx.kernel.modprobe(VFIO_PCI)
         for group, address in moves:
             func = topology.by_address[address]
             # A device an earlier run of this domain moved keeps the original driver that run recorded.
@@ -122,43 +120,43 @@ def _apply(
             claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVING)))
             touched.append(address)
             log.info("%s: moving %s (group %d) from %s to %s", domain.name, address, group, func.driver, VFIO_PCI)
-            move_to_vfio(host.kernel, address, host.bind_timeout)
+            move_to_vfio(ctx.kernel, address, ctx.bind_timeout)
             claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVED)))
-        _verify(host, domain_plan, stage)
+        _verify(ctx, domain_plan, stage)
     except Exception as exc:
         log.error("%s: %s; rolling back", domain.name, exc)
-        _rollback(host, session, claim, touched, before)
+        _rollback(ctx, session, claim, touched, before)
         raise
     session.write(replace(claim, phase=Phase.ACTIVE))
     log.info("%s: groups %s isolated at %s", domain.name, ", ".join(map(str, groups)), stage.value)
 
 
-def _verify(host: Host, domain_plan: DomainPlan, stage: Stage) -> None:
+def _verify(ctx: Context, domain_plan: DomainPlan, stage: Stage) -> None:
     """Re-read each group from the kernel, its members and their drivers only: every member must now be on a
     driver VFIO accepts (at prepare, libvirt's own managed='yes' devices are still to come), and the VFIO group
     ioctl must agree."""
     for group_plan in domain_plan.groups:
         planned = {m.address: m for m in group_plan.members}
-        members = host.kernel.listdir(f"{IOMMU_GROUPS}/{group_plan.group}/devices")
+        members = ctx.kernel.listdir(f"{IOMMU_GROUPS}/{group_plan.group}/devices")
         if not members:
             raise HostError(f"IOMMU group {group_plan.group} disappeared while it was being prepared")
         libvirt_pending = stage is Stage.PREPARE and any(m.action is Action.LIBVIRT for m in group_plan.members)
         blockers = []
         for name in members:
             member = planned.get(PciAddress.parse(name))
-            driver = host.kernel.link_name(Sysfs.device(PciAddress.parse(name), "driver"))
+            driver = ctx.kernel.link_name(Sysfs.device(PciAddress.parse(name), "driver"))
             if member is None:
                 blockers.append(f"{name} joined the group")
             elif not is_viable_driver(driver) and not (libvirt_pending and member.action is Action.LIBVIRT):
                 blockers.append(f"{name} is on {driver}")
         if blockers:
             raise HostError(f"IOMMU group {group_plan.group} is still not viable: {'; '.join(blockers)}")
-        if not libvirt_pending and host.kernel.vfio_group_viable(group_plan.group) is False:
+        if not libvirt_pending and ctx.kernel.vfio_group_viable(group_plan.group) is False:
             raise HostError(f"the kernel reports IOMMU group {group_plan.group} not viable after the moves")
 
 
 def _rollback(
-    host: Host, session: LedgerSession, claim: Claim, touched: list[PciAddress], before: Claim | None
+    ctx: Context, session: LedgerSession, claim: Claim, touched: list[PciAddress], before: Claim | None
 ) -> None:
     """Undo this run's moves in reverse. A device that cannot be restored stays recorded (phase FAILED)."""
     failed = False
@@ -168,7 +166,7 @@ def _rollback(
             continue
         if before is not None and before.device(address) is not None:
             continue  # an earlier run of this domain moved it; release restores it
-        if _restore_device(host, claim.domain, device):
+        if _restore_device(ctx, claim.domain, device):
             claim = session.write(claim.without_device(address))
         else:
             failed = True
@@ -180,20 +178,20 @@ def _rollback(
         session.write(replace(claim, phase=before.phase, groups=before.groups))
 
 
-def _restore_device(host: Host, domain: str, device: MovedDevice) -> bool:
+def _restore_device(ctx: Context, domain: str, device: MovedDevice) -> bool:
     try:
-        restore(host.kernel, device.address, device.original_driver, device.original_override, host.bind_timeout)
+        restore(ctx.kernel, device.address, device.original_driver, device.original_override, ctx.bind_timeout)
     except IsogroupError as exc:
         log.error("%s: could not restore %s: %s", domain, device.address, exc)
         return False
     return True
 
 
-def _restore_claim(host: Host, session: LedgerSession, claim: Claim) -> Claim | None:
+def _restore_claim(ctx: Context, session: LedgerSession, claim: Claim) -> Claim | None:
     """Restore every device of the claim, newest first; None when all are back and the claim is gone."""
     claim = session.write(replace(claim, phase=Phase.RELEASING))
     for device in reversed(claim.devices):
-        if _restore_device(host, claim.domain, device):
+        if _restore_device(ctx, claim.domain, device):
             claim = session.write(claim.without_device(device.address))
     if claim.devices:
         return session.write(replace(claim, phase=Phase.FAILED))
@@ -202,28 +200,28 @@ def _restore_claim(host: Host, session: LedgerSession, claim: Claim) -> Claim | 
     return None
 
 
-def release(host: Host, domain: str) -> Claim | None:
+def release(ctx: Context, domain: str) -> Claim | None:
     """Put back what `domain` holds. Idempotent; returns the claim left behind when a restore failed."""
-    with host.ledger.locked() as session:
-        finish_interrupted(host, session)
+    with ctx.ledger.locked() as session:
+        finish_interrupted(ctx, session)
         claim = session.claim(domain)
-        return _restore_claim(host, session, claim) if claim is not None else None
+        return _restore_claim(ctx, session, claim) if claim is not None else None
 
 
-def release_groups(host: Host, domain: str, groups: set[int]) -> Claim | None:
+def release_groups(ctx: Context, domain: str, groups: set[int]) -> Claim | None:
     """Hot-unplug, or a hotplug libvirt refused: restore only the devices of `groups` and drop those groups
     from the domain's claim while the guest keeps running. Returns what remains of the claim."""
-    with host.ledger.locked() as session:
-        finish_interrupted(host, session)
+    with ctx.ledger.locked() as session:
+        finish_interrupted(ctx, session)
         claim = session.claim(domain)
-        return _release_groups(host, session, claim, groups) if claim is not None else None
+        return _release_groups(ctx, session, claim, groups) if claim is not None else None
 
 
-def _release_groups(host: Host, session: LedgerSession, claim: Claim, groups: set[int]) -> Claim | None:
+def _release_groups(ctx: Context, session: LedgerSession, claim: Claim, groups: set[int]) -> Claim | None:
     for device in reversed(claim.devices):
         if device.group not in groups:
             continue
-        if _restore_device(host, claim.domain, device):
+        if _restore_device(ctx, claim.domain, device):
             claim = session.write(claim.without_device(device.address))
         else:  # the guest still runs: mark this device alone, so recover retries it and nothing else
             claim = session.write(claim.with_device(replace(device, state=DeviceState.RESTORE_FAILED)))
@@ -234,35 +232,35 @@ def _release_groups(host: Host, session: LedgerSession, claim: Claim, groups: se
     return session.write(replace(claim, groups=kept))
 
 
-def finish_interrupted(host: Host, session: LedgerSession) -> None:
+def finish_interrupted(ctx: Context, session: LedgerSession) -> None:
     """A claim still `preparing` or `releasing` while we hold the lock belongs to a run that died. Its guest
     cannot be running (libvirt fails a start whose hook was killed), so its devices go home."""
     for claim in session.claims():
         if claim.phase in (Phase.PREPARING, Phase.RELEASING):
             log.warning("%s: finishing an interrupted %s run", claim.domain, claim.phase.value)
-            _restore_claim(host, session, claim)
+            _restore_claim(ctx, session, claim)
 
 
-def recover(host: Host, domains: set[str] | None = None) -> list[Claim]:
+def recover(ctx: Context, domains: set[str] | None = None) -> list[Claim]:
     """`isogroup recover`: finish interrupted runs and retry failed restores (a stopped guest's whole claim; a
     running guest's hot-unplugged groups only); with `domains`, also release those domains' claims (guests that
     are gone without a release). Returns the claims that remain."""
-    with host.ledger.locked() as session:
-        finish_interrupted(host, session)
+    with ctx.ledger.locked() as session:
+        finish_interrupted(ctx, session)
         for claim in session.claims():
             if claim.phase is Phase.FAILED or (domains is not None and claim.domain in domains):
-                _restore_claim(host, session, claim)
+                _restore_claim(ctx, session, claim)
             elif stranded := {d.group for d in claim.devices if d.state is DeviceState.RESTORE_FAILED}:
-                _release_groups(host, session, claim, stranded)
+                _release_groups(ctx, session, claim, stranded)
         return session.claims()
 
 
-def reconnect(host: Host, domain: DomainSpec) -> None:
+def reconnect(ctx: Context, domain: DomainSpec) -> None:
     """libvirtd restarted with the guest running: adopt its groups if it has no claim, and report devices
     that are no longer where the claim says. Never raises for a healthy guest."""
-    with host.ledger.locked() as session:
+    with ctx.ledger.locked() as session:
         claim = session.claim(domain.name)
-        domain_plan, topology = _plan(host, session, domain)
+        domain_plan, topology = _plan(ctx, session, domain)
         if claim is None:
             if domain_plan.groups:
                 session.write(Claim(domain.name, Phase.ACTIVE, domain_plan.group_numbers, uuid=domain.uuid))

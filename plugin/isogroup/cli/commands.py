@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from isogroup.apply.transaction import Host, recover
+from isogroup.apply.transaction import Context, recover
 from isogroup.cli.inputs import kernel, load_claims, load_host, read_domain_file
 from isogroup.core import report
 from isogroup.core.address import PciAddress
@@ -127,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     to_syslog()
-    host = Host(kernel(args), Ledger(args.ledger))
+    host = Context(kernel(args), Ledger(args.ledger))
     left = recover(host, set(args.domain) if args.domain else None)
     sys.stdout.write(report.claims_to_text(left))
     return ExitCode.OK if not any(c.phase is Phase.FAILED for c in left) else ExitCode.HOST

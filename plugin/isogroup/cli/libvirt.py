@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from isogroup.apply.hotplug import attach_device, detach_device
-from isogroup.apply.transaction import Host
+from isogroup.apply.transaction import Context
 from isogroup.cli.inputs import kernel, load_claims, load_host
 from isogroup.core import report
 from isogroup.core.domain import DomainSpec
@@ -49,9 +49,9 @@ def check(args: argparse.Namespace) -> int:
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
 
 
-def _host(args: argparse.Namespace) -> Host:
+def _context(args: argparse.Namespace) -> Context:
     host_policy = policyfile.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
-    return Host(kernel(args), Ledger(args.ledger), policy=host_policy)
+    return Context(kernel(args), Ledger(args.ledger), policy=host_policy)
 
 
 def _probes(args: argparse.Namespace) -> ProbeSeams | None:
@@ -72,7 +72,7 @@ def attach(args: argparse.Namespace) -> int:
     data = _read(args.file)
     with Virt.open(args.connect, read_only=False) as virt:
         device_plan = attach_device(
-            _host(args),
+            _context(args),
             virt,
             args.domain,
             data,
@@ -102,7 +102,7 @@ def detach(args: argparse.Namespace) -> int:
     data = _read(args.file)
     with Virt.open(args.connect, read_only=False) as virt:
         freed = detach_device(
-            _host(args), virt, args.domain, data, str(args.file), live=args.live, config=args.config, wait=args.wait
+            _context(args), virt, args.domain, data, str(args.file), live=args.live, config=args.config, wait=args.wait
         )
     sys.stdout.write(f"device from {args.file} detached from '{args.domain}'\n")
     if freed:

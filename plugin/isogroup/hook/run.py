@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from isogroup.apply.transaction import Host, Stage, check, prepare, reconnect, release
+from isogroup.apply.transaction import Context, Stage, check, prepare, reconnect, release
 from isogroup.errors import ExitCode, IsogroupError
 from isogroup.formats import policyfile
 from isogroup.formats.domainxml import parse_domain
@@ -32,7 +32,7 @@ def run(
     ledger_dir: str,
     sysfs_root: str | None,
     policy_path: str = DEFAULT_POLICY,
-    host: Host | None = None,
+    host: Context | None = None,
 ) -> int:
     to_syslog()
     origin = f"domain '{name}' XML"
@@ -43,7 +43,7 @@ def run(
             # The host's use of a device is probed on the live host only; another tree has no /proc to match.
             kernel = Sysfs.live_host() if sysfs_root is None else Sysfs(sysfs_root)
             probes = ProbeSeams.live_host(kernel) if kernel.live else None
-            host = Host(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)
+            host = Context(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)
         if operation == "release":
             log.info("%s: release (%s)", name, extra)
             left = release(host, name)
