@@ -6,10 +6,12 @@ libvirtd may be running a hook that waits for it). If libvirt refuses, this run'
 detach: ask libvirt to detach, wait until the guest let the device go, then restore the groups the guest no
 longer uses. Both keep the guest's claim exact, so the hook's release at stop restores what is left.
 
-Unlike a start, a hotplug changes the claim of a guest that may be running: the claim keeps its phase (never
+This module is the libvirt side only: what libvirt is asked and when (never while the ledger's lock is held),
+which definition a change affects, waiting for the guest to let a device go. Recording, moving, verifying and
+undoing are the one engine's (`transaction.apply_plan`, `undo`, `release_groups`) with `Stage.HOTPLUG`: unlike a
+start, a hotplug changes the claim of a guest that may be running, so the claim keeps its phase (never
 `preparing`, which the next run would take for a dead start and restore, devices of the running guest
-included), and each device is recorded before it is touched, so a run killed half-way leaves a claim that
-the guest's release still restores completely.
+included), and a run killed half-way leaves a claim that the guest's release still restores completely.
 """
 
 from __future__ import annotations
@@ -21,22 +23,27 @@ from dataclasses import dataclass, replace
 
 from lxml import etree
 
-from isogroup.apply.transaction import Context, finish_interrupted, release_groups, settled_claims
+from isogroup.apply.transaction import (
+    Change,
+    Context,
+    Stage,
+    apply_plan,
+    finish_interrupted,
+    locked,
+    release_groups,
+    settled_claims,
+    undo,
+)
 from isogroup.core.address import PciAddress
-from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.core.domain import DomainSpec
-from isogroup.core.drivers import VFIO_PCI, is_viable_driver
 from isogroup.core.model import HostTopology
-from isogroup.core.plan import Action, DomainPlan
+from isogroup.core.plan import DomainPlan
 from isogroup.core.planner import plan
 from isogroup.errors import HostError, InputError, IsogroupError, RefusedError
 from isogroup.formats.domainxml import parse_domain
 from isogroup.formats.xml import MAX_XML_BYTES
-from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
-from isogroup.host.ledger import LedgerSession
 from isogroup.host.probes import ProbeSeams
-from isogroup.host.sysfs import Sysfs
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import AFFECT_CONFIG, AFFECT_CURRENT, AFFECT_LIVE, Virt
 
@@ -106,16 +113,6 @@ def parse_device(data: bytes, where: str, domain: DomainSpec | str, uuid: str | 
 # attach
 
 
-@dataclass(frozen=True)
-class Applied:
-    """What one attach did to the host and the ledger, so that it can be undone exactly."""
-
-    plan: DomainPlan
-    touched: tuple[PciAddress, ...] = ()  # devices this run recorded and moved, in order
-    new_groups: tuple[int, ...] = ()  # groups this run added to the guest's claim
-    created: bool = False  # the claim did not exist before this run
-
-
 def attach_device(
     ctx: Context,
     virt: Virt,
@@ -149,19 +146,20 @@ def attach_device(
 
     # Read libvirt before taking the ledger's lock, never while holding it.
     running = [spec_of(d) for d in virt.domains(active_only=True)]
-    applied = _apply(ctx, device.spec, running, probes)
+    change = _apply(ctx, device.spec, running, probes)
     try:
         virt.attach(name, device.xml, target.flags)
+    # BaseException: an interrupt while libvirt attaches must still undo the moves (see transaction.apply_plan).
     except BaseException as exc:
         if _attached_anyway(virt, name, device):
             log.error("%s: libvirt reported %s, but the device is attached: its groups stay isolated", name, exc)
             _rehint(exc, "the device is attached to the running guest all the same; its IOMMU group stays isolated")
             raise
-        if not _undo(ctx, name, applied):
+        if not _undo(ctx, change):
             _rehint(exc, "isogroup could not put back everything it moved for this device: see 'isogroup status'")
         raise
     log.info("%s: device attached live (%s)", name, where)
-    return applied.plan
+    return change.plan
 
 
 def _rehint(exc: BaseException, hint: str) -> None:
@@ -201,120 +199,34 @@ def _plan_device(
     return plan(spec, topology, groups_in_use(ledger, running, theirs), ctx.policy), topology
 
 
-def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], probes: ProbeSeams | None) -> Applied:
+def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], probes: ProbeSeams | None) -> Change:
     # A refusal is decided before taking the lock, so that it creates nothing, not even the ledger directory;
     # the plan is made again under the lock, where it counts.
     first, _ = _plan_device(ctx, spec, running, settled_claims(ctx), probes)
     if not first.ok:
         raise RefusedError(first.refusal())
-    with ctx.ledger.locked() as session:
+    with locked(ctx) as session:
         finish_interrupted(ctx, session)
         device_plan, topology = _plan_device(ctx, spec, running, session.holders(), probes)
         if not device_plan.ok:
             raise RefusedError(device_plan.refusal())
         if not device_plan.groups:
-            return Applied(device_plan)
-        before = session.claim(spec.name)
-        claim = before or Claim(spec.name, Phase.ACTIVE, (), uuid=spec.uuid)
-        new_groups = tuple(g for g in device_plan.group_numbers if g not in claim.groups)
-        claim = session.write(replace(claim, groups=tuple(sorted({*claim.groups, *new_groups}))))
-        touched: list[PciAddress] = []
-        try:
-            claim = _move(ctx, session, claim, device_plan, topology, touched=touched)
-            _verify(ctx, device_plan)
-        except BaseException as exc:
-            log.error("%s: hotplug: %s; rolling back", spec.name, exc)
-            _undo_locked(ctx, session, spec.name, Applied(device_plan, tuple(touched), new_groups, before is None))
-            raise
-        log.info("%s: hotplug: groups %s isolated", spec.name, ", ".join(map(str, device_plan.group_numbers)))
-        return Applied(device_plan, tuple(touched), new_groups, before is None)
+            return Change(spec.name, device_plan, Stage.HOTPLUG, None)
+        return apply_plan(ctx, session, spec, device_plan, topology=topology, stage=Stage.HOTPLUG)
 
 
-def _move(
-    ctx: Context,
-    session: LedgerSession,
-    claim: Claim,
-    device_plan: DomainPlan,
-    topology: HostTopology,
-    *,
-    touched: list[PciAddress],
-) -> Claim:
-    moves = [(g.group, m.address) for g in device_plan.groups for m in g.to_move]
-    if moves and not ctx.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
-        ctx.kernel.modprobe(VFIO_PCI)
-    for group, address in moves:
-        func = topology.by_address[address]
-        known = claim.device(address)  # moved earlier for this guest: keep the original driver recorded then
-        record = known or MovedDevice(address, group, func.driver, func.driver_override, DeviceState.MOVING)
-        claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVING)))
-        if known is None:
-            touched.append(address)
-        log.info("%s: hotplug: moving %s (group %d) from %s to %s", claim.domain, address, group, func.driver, VFIO_PCI)
-        move_to_vfio(ctx.kernel, address, ctx.bind_timeout)
-        claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVED)))
-    return claim
-
-
-def _verify(ctx: Context, device_plan: DomainPlan) -> None:
-    """Every member on a driver VFIO accepts, but the requested managed='yes' devices, which libvirt's attach
-    detaches itself; with none of those pending, the kernel's viability ioctl must agree."""
-    now = read_topology(ctx.kernel, scope={m.address for g in device_plan.groups for m in g.members})
-    for group_plan in device_plan.groups:
-        planned = {m.address: m for m in group_plan.members}
-        group = now.by_group.get(group_plan.group)
-        if group is None:
-            raise HostError(f"IOMMU group {group_plan.group} disappeared while it was being prepared")
-        blockers = []
-        for address in group.members:
-            func, member = now.by_address.get(address), planned.get(address)
-            if member is None:
-                blockers.append(f"{address} joined the group")
-            elif func is not None and not is_viable_driver(func.driver) and member.action is not Action.LIBVIRT:
-                blockers.append(f"{address} is on {func.driver}")
-        if blockers:
-            raise HostError(f"IOMMU group {group_plan.group} is still not viable: {'; '.join(blockers)}")
-        pending = any(m.action is Action.LIBVIRT for m in group_plan.members)
-        if not pending and ctx.kernel.vfio_group_viable(group_plan.group) is False:
-            raise HostError(f"the kernel reports IOMMU group {group_plan.group} not viable after the moves")
-
-
-def _undo(ctx: Context, name: str, applied: Applied) -> bool:
-    """After libvirt refused: a failure here is logged, and the caller re-raises libvirt's error."""
-    if not applied.touched and not applied.new_groups:
+def _undo(ctx: Context, change: Change) -> bool:
+    """After libvirt refused: put back what the attach moved, under a new lock. A failure here is logged, and
+    the caller re-raises libvirt's error. True when everything went back."""
+    if not change.moved and not change.new_groups:
         return True
     try:
-        with ctx.ledger.locked() as session:
-            return _undo_locked(ctx, session, name, applied)
-    except IsogroupError as exc:
-        log.error("%s: hotplug rollback failed: %s", name, exc)
+        with locked(ctx) as session:
+            left = undo(ctx, session, change)
+    except Exception as exc:
+        log.error("%s: hotplug rollback failed: %s", change.domain, exc)
         return False
-
-
-def _undo_locked(ctx: Context, session: LedgerSession, name: str, applied: Applied) -> bool:
-    """Put back exactly what `applied` moved, newest first, and drop the groups it added. A device that
-    cannot be put back stays recorded, with its group, and the guest's release tries again. True when all
-    went back."""
-    claim = session.claim(name)
-    if claim is None:  # the guest stopped meanwhile: its release restored everything
-        return True
-    ok = True
-    for address in reversed(applied.touched):
-        device = claim.device(address)
-        if device is None:
-            continue
-        try:
-            restore(ctx.kernel, address, device.original_driver, device.original_override, ctx.bind_timeout)
-        except IsogroupError as exc:
-            log.error("%s: hotplug rollback: could not restore %s: %s", name, address, exc)
-            ok = False
-            continue
-        claim = session.write(claim.without_device(address))
-    groups = tuple(g for g in claim.groups if g not in applied.new_groups or claim.holds_devices_in(g))
-    if applied.created and not groups and not claim.devices:
-        session.remove(name)
-    else:
-        session.write(replace(claim, groups=groups))
-    return ok
+    return left is None or not any(left.device(a) for a in change.moved)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -347,7 +259,7 @@ def detach_device(
     attached = device.addresses & {r.address for r in spec.pci}
     if attached or not device.addresses:
         virt.detach(name, device.xml, target.flags)
-        remaining = _wait_until_released(virt, name, attached, wait)
+        remaining = _wait_until_released(virt, name, attached, ctx.wait(wait))
     else:
         # Gone from the running guest already: restore what its groups left behind, if anything.
         if not target.config and not _claimed(ctx, name, device.addresses):
