@@ -20,8 +20,6 @@ class IsogroupError(Exception):
     """Root of every error isogroup raises on purpose. `str()` is one line a person can act on."""
 
     exit_code: ClassVar[ExitCode] = ExitCode.HOST
-    # Whether repeating the same operation unchanged may succeed: a property of the kind, not of the caller.
-    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -48,7 +46,6 @@ class HostError(IsogroupError, OSError):
     """A write to the host failed or the kernel did not react as expected."""
 
     exit_code = ExitCode.HOST
-    retryable = True
 
     def __init__(self, message: str, *, hint: str | None = None, errno: int | None = None) -> None:
         super().__init__(message, hint=hint)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,11 @@ from fakes.hostfixtures import (
     make_host,
     tree_digest,
 )
-from fakes.simkernel import FailNth, Faults, KillAt, KillWhen, NeverBind, SimKernel
-from isogroup.apply.transaction import Context, Stage, prepare, recover, release, release_groups
-from isogroup.core.claims import Phase
-from isogroup.errors import HostError, RefusedError
+from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
+from isogroup.apply.deadline import Deadline
+from isogroup.apply.transaction import Context, Stage, prepare, reconnect, recover, release, release_groups
+from isogroup.core.claims import DeviceState, Phase
+from isogroup.errors import ExitCode, HostError, RefusedError
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
 
@@ -322,8 +325,6 @@ def test_no_temporary_or_stray_files_after_a_lifecycle(tmp_path: Path) -> None:
 
 
 def test_the_hosts_policy_applies_at_prepare(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     from isogroup.formats.policyfile import parse_toml
 
     sim, host = make_host(tmp_path)
@@ -355,4 +356,157 @@ def test_a_failed_hot_unplug_restore_is_retried_alone_never_the_running_guests_o
     assert sim.driver(NIC2) == "igb"
     assert {sim.driver(a) for a in (AUDIO, USB, UCSI)} == {"vfio-pci"}  # the running guest keeps group 1
     release(host, "g")
+    assert_home(sim, tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------- the ledger's writes
+
+
+class LedgerRenames:
+    """Counts the ledger's atomic replacements (each claim write ends in one os.rename between two directory
+    descriptors; the simulated kernel saves its own state with os.replace), and can make the nth fail or raise."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None, error: BaseException | None = None):
+        self.count = 0
+        real = os.rename
+
+        def rename(src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+            if src_dir_fd is not None:
+                self.count += 1
+                if self.count == fail_at and error is not None:
+                    raise error
+            real(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+        monkeypatch.setattr(os, "rename", rename)
+
+
+def test_one_ledger_write_per_moved_device_and_one_to_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each device's intent carries the previous device's moved state; the last one's goes with the commit."""
+    sim, host = make_host(tmp_path)
+    renames = LedgerRenames(monkeypatch)
+    plan = prepare(host, parse_domain(domain_xml("g", GPU, SATA)), Stage.PREPARE)
+    moved = [m.address for g in plan.groups for m in g.to_move]
+    assert len(moved) == 4
+    assert renames.count == len(moved) + 1
+    (claim,) = host.ledger.read_all_unlocked()
+    assert claim.phase is Phase.ACTIVE and {d.state for d in claim.devices} == {DeviceState.MOVED}
+    assert [d.address for d in claim.devices] == moved  # in the order moved: release restores newest first
+    release(host, "g")
+    assert_home(sim, tmp_path / "run")
+
+
+def test_a_failing_rollback_is_logged_and_the_original_error_re_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim, host = make_host(tmp_path)
+    # USB's probe fails (the second device: two intents written); the rollback's first ledger write then fails.
+    sim.set_faults(Faults(fail_paths=(FailPath("bus/pci/drivers_probe", errno.EIO, str(USB)),)))
+    LedgerRenames(monkeypatch, fail_at=3, error=OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(HostError, match="drivers_probe") as info:
+        prepare(host, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
+    assert "No space left" not in str(info.value)
+    assert "the rollback failed too (" in caplog.text and "No space left on device" in caplog.text
+    monkeypatch.undo()
+    sim.set_faults(Faults())
+    # What the rollback could not finish is in the ledger (written before every change): the next run ends it.
+    assert claims(host) == {"g": Phase.PREPARING}
+    assert recover(host) == []
+    assert_home(sim, tmp_path / "run")
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), SystemExit(143)], ids=["ctrl-c", "sigterm-exit"])
+def test_an_interrupt_between_two_moves_still_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: BaseException
+) -> None:
+    sim, host = make_host(tmp_path)
+    LedgerRenames(monkeypatch, fail_at=2, error=interrupt)  # the second device's intent: the first has moved
+    with pytest.raises(type(interrupt)):
+        prepare(host, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
+    monkeypatch.undo()
+    assert_home(sim, tmp_path / "run")  # no later run needed: this one put back what it had moved
+
+
+# ---------------------------------------------------------------------------------------------- bounded time
+
+
+def _natives_never_rebind() -> Faults:
+    return Faults(
+        never_bind=tuple(NeverBind(address=str(a), driver=ORIGINAL[a] or "") for a in (AUDIO, USB, UCSI)),
+    )
+
+
+def test_three_devices_that_never_rebind_cost_one_deadline_not_three_timeouts(tmp_path: Path) -> None:
+    sim, host = make_host(tmp_path, bind_timeout=2.0)
+    prepare(host, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
+    sim.set_faults(_natives_never_rebind())
+    bounded = replace(host, deadline=Deadline.after(0.6))
+    started = time.monotonic()
+    with pytest.raises(HostError) as info:
+        release(bounded, "g")
+    elapsed = time.monotonic() - started
+    # Without the deadline: a probe wait and an explicit bind wait per device, 3 x 2 x 2 s.
+    assert elapsed < 1.5, elapsed
+    message = str(info.value)
+    assert info.value.exit_code == ExitCode.HOST and "\n" not in message
+    assert message.startswith("the run took longer than 0.6 s and stopped")
+    assert all(str(a) in message for a in (AUDIO, USB, UCSI)), message
+    (left,) = host.ledger.read_all_unlocked()
+    assert left.phase is Phase.FAILED and {d.address for d in left.devices} == {AUDIO, USB, UCSI}
+    sim.set_faults(Faults())
+    assert recover(host) == []
+    assert_home(sim, tmp_path / "run")
+
+
+def test_a_prepare_out_of_time_rolls_back_everything(tmp_path: Path) -> None:
+    sim, host = make_host(tmp_path, bind_timeout=2.0)
+    sim.set_faults(Faults(never_bind=(NeverBind(driver="vfio-pci"),)))
+    bounded = replace(host, deadline=Deadline.after(0.5))
+    started = time.monotonic()
+    with pytest.raises(HostError, match=r"^the run took longer than 0.5 s and stopped \(.*did not bind") as info:
+        prepare(bounded, parse_domain(domain_xml("g", GPU, SATA)), Stage.PREPARE)
+    assert time.monotonic() - started < 1.5
+    assert "everything it had changed is back" in str(info.value)
+    sim.set_faults(Faults())
+    assert_home(sim, tmp_path / "run")
+
+
+def test_a_run_whose_time_is_up_before_the_first_move_changes_nothing(tmp_path: Path) -> None:
+    _, host = make_host(tmp_path)
+    prepare(host, parse_domain(domain_xml("holder", NIC)), Stage.PREPARE)  # the ledger exists
+    before = tree_digest(tmp_path / "sys", tmp_path / "run")
+    with pytest.raises(HostError, match=r"took longer than 0 s and stopped \(0000:01:00.1 was not moved yet\)"):
+        prepare(replace(host, deadline=Deadline.after(0)), parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
+    assert tree_digest(tmp_path / "sys", tmp_path / "run") == before
+
+
+def test_the_ledgers_lock_is_waited_for_no_longer_than_the_run_has_left(tmp_path: Path) -> None:
+    _, host = make_host(tmp_path)
+    prepare(host, parse_domain(domain_xml("holder", NIC)), Stage.PREPARE)
+    bounded = replace(host, deadline=Deadline.after(0.3))
+    with host.ledger.locked():  # another run holds the lock for longer than this one may wait
+        started = time.monotonic()
+        with pytest.raises(HostError, match=r"took longer than 0.3 s and stopped \(waiting for the ledger's lock\)"):
+            release(bounded, "holder")
+        assert time.monotonic() - started < 1.0
+    assert claims(host) == {"holder": Phase.ACTIVE}
+
+
+# ---------------------------------------------------------------------------------------------- reconnect
+
+
+def test_reconnect_never_adopts_a_group_another_claim_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sim, host = make_host(tmp_path)
+    prepare(host, parse_domain(domain_xml("first", GPU)), Stage.PREPARE)  # holds group 1
+    held = host.ledger.read_all_unlocked()
+    # A guest started without the hook uses the GPU's audio function (group 1) and the SATA controller (group 3).
+    reconnect(host, parse_domain(domain_xml("stray", AUDIO, SATA)))
+    after = {c.domain: c for c in host.ledger.read_all_unlocked()}
+    assert after["first"] == held[0]
+    assert after["stray"].groups == (3,) and after["stray"].devices == ()
+    assert "IOMMU group 1, which the ledger gives to 'first'; not adopted" in caplog.text
+    # Only unheld groups: a guest whose every group is held by another claim gets no claim at all.
+    reconnect(host, parse_domain(domain_xml("other", USB)))
+    assert sorted(c.domain for c in host.ledger.read_all_unlocked()) == ["first", "stray"]
+    release(host, "stray")
+    release(host, "first")
     assert_home(sim, tmp_path / "run")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, SimKernel
+from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, SimKernel
 from isogroup.apply.hotplug import attach_device, detach_device, parse_device
-from isogroup.apply.transaction import Context, Stage, prepare, release
+from isogroup.apply.transaction import Context, Stage, prepare, recover, release
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.core.domain import DomainSpec
@@ -423,3 +423,115 @@ def test_cli_unreachable_libvirt(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == ExitCode.INPUT
     assert err.startswith("isogroup: cannot connect to libvirt at qemu+unix:///system?socket=/nonexistent/sock")
     assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------- a fault or a kill at every write
+# The hook's sweeps (tests/unit/test_transaction.py), over attach and detach. libvirt's test driver refuses every
+# attach, so an attach's writes are the moves and, after libvirt refused, their undo: both halves of the engine.
+
+EARLIER = Claim("plain", Phase.ACTIVE, (10,), (MovedDevice(NIC, 10, "e1000e", None, DeviceState.MOVED),))
+
+
+def _plain_with_its_nic(root: Path) -> tuple[SimKernel, Context]:
+    """plain runs with its NIC (group 10), hot-plugged earlier and recorded."""
+    sim, host = make(root, nic=(str(NIC), "e1000e"))
+    write_claim(host, EARLIER)
+    return sim, host
+
+
+def _writes_of_an_attach(root: Path, virt: Virt) -> int:
+    sim, host = _plain_with_its_nic(root)
+    with pytest.raises(HostError, match="libvirt refused"):
+        attach_device(host, virt, "plain", hostdev(USB), "usb.xml")
+    return sim.write_count()
+
+
+def test_a_failure_at_every_write_of_an_attach_strands_nothing(tmp_path: Path, virt: Virt) -> None:
+    total = _writes_of_an_attach(tmp_path / "probe", virt)
+    assert total >= 6  # the sensor to vfio-pci (override, unbind, probe), and back after libvirt refused
+    for n in range(1, total + 1):
+        for err in (errno.EBUSY, errno.ENODEV):
+            sim, host = _plain_with_its_nic(tmp_path / f"w{n}-{err}")
+            before = visible(sim)
+            sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
+            with pytest.raises(HostError):
+                attach_device(host, virt, "plain", hostdev(USB), "usb.xml")
+            sim.set_faults(Faults())
+            # A device the undo could not put back is marked for recover alone; the running guest keeps its NIC.
+            assert {d.state for c in claims(host) for d in c.devices if d.address != NIC} <= {
+                DeviceState.RESTORE_FAILED
+            }, f"write {n}"
+            assert recover(host) == [EARLIER], f"write {n}"
+            assert sim.driver(NIC) == "vfio-pci"
+            assert visible(sim) == before, f"write {n}"
+
+
+@pytest.mark.parametrize("when", list(KillWhen))
+def test_a_sigkill_at_every_write_of_an_attach_strands_nothing(tmp_path: Path, virt: Virt, when: KillWhen) -> None:
+    total = _writes_of_an_attach(tmp_path / "probe", virt)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for n in range(1, total + 1):
+        root = tmp_path / f"k{n}"
+        sim, host = _plain_with_its_nic(root)
+        sim.set_faults(Faults(kill=(KillAt(n, when),)))
+        args = [sys.executable, "-c", KILLED_ATTACH, str(root), URI, hostdev(USB).decode()]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == -signal.SIGKILL, f"write {n}: {done.stderr}"
+        sim.set_faults(Faults())
+        # The next run, of any guest, never takes the running guest's claim for a dead start ...
+        prepare(host, DomainSpec("another", None, ()), Stage.PREPARE)
+        (claim,) = claims(host)
+        assert claim.phase is Phase.ACTIVE and claim.device(NIC) == EARLIER.devices[0], f"write {n}"
+        assert sim.driver(NIC) == "vfio-pci"
+        # ... and the guest's release restores everything, whatever the killed run had done.
+        assert release(host, "plain") is None
+        assert visible(sim) == snapshot.load(HOST), f"write {n}"
+
+
+def _sensor_claimed(root: Path) -> tuple[SimKernel, Context]:
+    """USB was hot-unplugged from plain with plain virsh: its group (the sensor, moved) is still plain's."""
+    sim, host = make(root, thermal=(str(THERMAL), "intel_pch_thermal"))
+    thermal = MovedDevice(THERMAL, 2, "intel_pch_thermal", None, DeviceState.MOVED)
+    write_claim(host, Claim("plain", Phase.ACTIVE, (2,), (thermal,)))
+    return sim, host
+
+
+def test_a_failure_at_every_write_of_a_detach_strands_nothing(tmp_path: Path, virt: Virt) -> None:
+    sim, host = _sensor_claimed(tmp_path / "probe")
+    assert detach_device(host, virt, "plain", hostdev(USB), "usb.xml") == (2,)
+    total = sim.write_count()
+    assert total >= 3  # the sensor's override cleared, unbound from vfio-pci, probed
+    for n in range(1, total + 1):
+        for err in (errno.EBUSY, errno.ENODEV):
+            sim, host = _sensor_claimed(tmp_path / f"w{n}-{err}")
+            sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
+            with pytest.raises(HostError, match="could not restore every device of IOMMU group"):
+                detach_device(host, virt, "plain", hostdev(USB), "usb.xml")
+            sim.set_faults(Faults())
+            (left,) = claims(host)
+            assert left.device(THERMAL) == MovedDevice(
+                THERMAL, 2, "intel_pch_thermal", None, DeviceState.RESTORE_FAILED
+            ), f"write {n}"
+            assert recover(host) == []
+            assert visible(sim) == snapshot.load(HOST), f"write {n}"
+
+
+KILLED_DETACH = KILLED_ATTACH.replace("attach_device", "detach_device")
+
+
+@pytest.mark.parametrize("when", list(KillWhen))
+def test_a_sigkill_at_every_write_of_a_detach_strands_nothing(tmp_path: Path, virt: Virt, when: KillWhen) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for n in range(1, 4):
+        root = tmp_path / f"k{n}"
+        sim, host = _sensor_claimed(root)
+        sim.set_faults(Faults(kill=(KillAt(n, when),)))
+        args = [sys.executable, "-c", KILLED_DETACH, str(root), URI, hostdev(USB).decode()]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == -signal.SIGKILL, f"write {n}: {done.stderr}"
+        sim.set_faults(Faults())
+        assert [c.groups for c in claims(host)] == [(2,)], f"write {n}"
+        # What detach-device's message says to do: run it again.
+        assert detach_device(host, virt, "plain", hostdev(USB), "usb.xml") == (2,)
+        assert claims(host) == []
+        assert visible(sim) == snapshot.load(HOST), f"write {n}"
