@@ -14,13 +14,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, SimKernel
+from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
+from isogroup.apply.deadline import Deadline
 from isogroup.apply.hotplug import attach_device, detach_device, parse_device
 from isogroup.apply.transaction import Context, Stage, prepare, recover, release
 from isogroup.core.address import PciAddress
@@ -143,6 +145,7 @@ def test_refused_attach_leaves_the_guests_earlier_claim_as_it_was(tmp_path: Path
 
 KILLED_ATTACH = """
 import sys
+import time
 from pathlib import Path
 from isogroup.apply.hotplug import attach_device
 from isogroup.host.ledger import Ledger
@@ -535,3 +538,18 @@ def test_a_sigkill_at_every_write_of_a_detach_strands_nothing(tmp_path: Path, vi
         assert detach_device(host, virt, "plain", hostdev(USB), "usb.xml") == (2,)
         assert claims(host) == []
         assert visible(sim) == snapshot.load(HOST), f"write {n}"
+
+
+def test_an_attach_out_of_time_is_undone_before_libvirt_is_asked(tmp_path: Path, virt: Virt) -> None:
+    sim, host = make(tmp_path)
+    before = visible(sim)
+    sim.set_faults(Faults(never_bind=(NeverBind(driver="vfio-pci"),)))
+    bounded = replace(host, bind_timeout=10.0, deadline=Deadline.after(0.5))
+    started = time.monotonic()
+    with pytest.raises(HostError, match=r"^the run took longer than 0.5 s and stopped \(.*did not bind") as info:
+        attach_device(bounded, virt, "plain", hostdev(USB), "usb.xml")
+    assert time.monotonic() - started < 2.0
+    assert "libvirt" not in str(info.value) and "everything it had changed is back" in str(info.value)
+    sim.set_faults(Faults())
+    assert visible(sim) == before
+    assert claims(host) == []
