@@ -553,3 +553,21 @@ def test_an_attach_out_of_time_is_undone_before_libvirt_is_asked(tmp_path: Path,
     sim.set_faults(Faults())
     assert visible(sim) == before
     assert claims(host) == []
+
+
+def test_an_attach_out_of_time_names_only_what_it_left_recorded(tmp_path: Path, virt: Virt) -> None:
+    """The sensor binds to nothing, neither vfio-pci nor its own driver: it stays recorded for recover alone,
+    and the message names it, not the NIC the running guest holds."""
+    sim, host = _plain_with_its_nic(tmp_path)
+    before = visible(sim)
+    sim.set_faults(Faults(never_bind=(NeverBind(address=str(THERMAL)),)))
+    bounded = replace(host, bind_timeout=10.0, deadline=Deadline.after(0.5))
+    with pytest.raises(HostError, match=r"^the run took longer than 0.5 s and stopped") as info:
+        attach_device(bounded, virt, "plain", hostdev(USB), "usb.xml")
+    message = str(info.value)
+    assert f"the claim of 'plain' (active) still records {THERMAL} (run 'isogroup status'" in message, message
+    (left,) = claims(host)
+    assert left.device(THERMAL) == MovedDevice(THERMAL, 2, "intel_pch_thermal", None, DeviceState.RESTORE_FAILED)
+    sim.set_faults(Faults())
+    assert recover(host) == [EARLIER]
+    assert visible(sim) == before

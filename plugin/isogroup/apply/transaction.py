@@ -67,13 +67,18 @@ class Context:
         return self.deadline is not None and self.deadline.passed()
 
 
-def out_of_time(ctx: Context, cause: BaseException | str, left: Claim | None) -> HostError:
-    """The one line of a run that took longer than its deadline: what stopped it and what stays recorded."""
+def out_of_time(
+    ctx: Context, cause: BaseException | str, left: Claim | None, only: Iterable[PciAddress] = ()
+) -> HostError:
+    """The one line of a run that took longer than its deadline: what stopped it and what stays recorded (of
+    the claim `left`, the devices in `only` when given: a hotplug names its own, not the running guest's)."""
     budget = ctx.deadline.seconds if ctx.deadline is not None else 0.0
-    if left is None or not left.devices:
+    wanted = set(only)
+    devices = [d for d in left.devices if not wanted or d.address in wanted] if left is not None else []
+    if left is None or not devices:
         rest, hint = "everything it had changed is back", None
     else:
-        shown = ", ".join(str(d.address) for d in left.devices)
+        shown = ", ".join(str(d.address) for d in devices)
         rest = f"the claim of '{left.domain}' ({left.phase.value}) still records {shown}"
         hint = "run 'isogroup status', then 'isogroup recover'"
     return HostError(f"the run took longer than {budget:g} s and stopped ({cause}); {rest}", hint=hint)
@@ -212,7 +217,7 @@ def apply_plan(
         log.error("%s: %s; rolling back", domain.name, str(exc) or type(exc).__name__)
         left = undo_safely(ctx, session, change)
         if isinstance(exc, Exception) and ctx.late():
-            raise out_of_time(ctx, exc, left) from exc
+            raise out_of_time(ctx, exc, left, change.moved if running else ()) from exc
         raise
     groups = ", ".join(map(str, domain_plan.group_numbers))
     log.info("%s: groups %s isolated at %s", domain.name, groups, stage.value)
@@ -262,12 +267,13 @@ def undo(ctx: Context, session: LedgerSession, change: Change) -> Claim | None:
     if change.before is None and not groups and not claim.devices:
         session.remove(change.domain)
         return None
+    # A start without an earlier claim whose devices all came back had its claim removed above.
     if running:
         phase = claim.phase
-    elif failed:
+    elif failed or change.before is None:
         phase = Phase.FAILED
     else:
-        phase = change.before.phase if change.before is not None else Phase.FAILED
+        phase = change.before.phase
     return session.write(replace(claim, phase=phase, groups=groups))
 
 
