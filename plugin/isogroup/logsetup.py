@@ -21,8 +21,15 @@ def to_syslog(level: int = logging.INFO) -> None:
     if os.path.exists(SYSLOG_SOCKET):
         from logging.handlers import SysLogHandler  # noqa: PLC0415 - costly at hook start; only where syslog is
 
+        class QuietSysLogHandler(SysLogHandler):
+            """A record syslog cannot take (the socket vanished mid-run) is dropped: logging's own handleError
+            would print a traceback on stderr, which libvirt shows the user as the hook's refusal."""
+
+            def handleError(self, record: logging.LogRecord) -> None:
+                pass
+
         try:
-            handler = SysLogHandler(address=SYSLOG_SOCKET, facility=SysLogHandler.LOG_DAEMON)
+            handler = QuietSysLogHandler(address=SYSLOG_SOCKET, facility=SysLogHandler.LOG_DAEMON)
             handler.ident = "isogroup: "
             handler.setFormatter(logging.Formatter("[%(process)d] %(message)s"))
         except OSError:

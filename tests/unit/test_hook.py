@@ -36,7 +36,7 @@ PLAIN = (
 
 def call(host: Context, name: str, op: str, sub: str, xml: bytes, extra: str = "-") -> int:
     """The slow path with the simulated kernel injected (the seams are parameters, not globals)."""
-    return hook.run(name, op, sub, extra, xml, ledger_dir="", sysfs_root="", host=host)
+    return hook.run(name, op, sub, extra, xml, ledger_dir="", sysfs_root="", ctx=host)
 
 
 def test_the_whole_lifecycle_through_the_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,7 @@ from isogroup.core.drivers import VFIO_PCI, is_viable_driver
 from isogroup.core.model import HostTopology
 from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
-from isogroup.errors import HostError, InputError, IsogroupError, RefusedError
+from isogroup.errors import HostError, InputError, IsogroupError
 from isogroup.formats.domainxml import parse_domain
 from isogroup.formats.xml import MAX_XML_BYTES
 from isogroup.host.devices import move_to_vfio, restore
@@ -142,7 +142,7 @@ def attach_device(
         topology = read_topology(ctx.kernel, scope=device.addresses, probes=probes)
         device_plan = plan(device.spec, topology, policy=ctx.policy)
         if not device_plan.ok:
-            raise RefusedError(device_plan.refusal())
+            raise device_plan.refused()
         virt.attach(name, device.xml, target.flags)
         log.info("%s: device attached to the persistent definition (%s)", name, where)
         return device_plan
@@ -206,12 +206,12 @@ def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], probes
     # the plan is made again under the lock, where it counts.
     first, _ = _plan_device(ctx, spec, running, settled_claims(ctx), probes)
     if not first.ok:
-        raise RefusedError(first.refusal())
+        raise first.refused()
     with ctx.ledger.locked() as session:
         finish_interrupted(ctx, session)
         device_plan, topology = _plan_device(ctx, spec, running, session.holders(), probes)
         if not device_plan.ok:
-            raise RefusedError(device_plan.refusal())
+            raise device_plan.refused()
         if not device_plan.groups:
             return Applied(device_plan)
         before = session.claim(spec.name)

@@ -20,7 +20,7 @@ from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.core.policy import Policy
-from isogroup.errors import HostError, IsogroupError, RefusedError
+from isogroup.errors import HostError, IsogroupError
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger, LedgerSession
@@ -71,7 +71,7 @@ def check(ctx: Context, domain: DomainSpec) -> DomainPlan:
     """Plan only (migrate, restore): refuse early, change nothing, not even the ledger directory."""
     domain_plan = _plan_unlocked(ctx, domain)
     if not domain_plan.ok:
-        raise RefusedError(domain_plan.refusal())
+        raise domain_plan.refused()
     return domain_plan
 
 
@@ -81,12 +81,12 @@ def prepare(ctx: Context, domain: DomainSpec, stage: Stage) -> DomainPlan:
     if not ctx.ledger.exists():
         early = _plan_unlocked(ctx, domain)
         if not early.ok:
-            raise RefusedError(early.refusal())
+            raise early.refused()
     with ctx.ledger.locked() as session:
         finish_interrupted(ctx, session)
         domain_plan, topology = _plan(ctx, session, domain)
         if not domain_plan.ok:
-            raise RefusedError(domain_plan.refusal())
+            raise domain_plan.refused()
         if domain_plan.groups:
             _apply(ctx, session, domain, domain_plan, topology, stage=stage)
         return domain_plan

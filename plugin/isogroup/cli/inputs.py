@@ -11,7 +11,7 @@ from pathlib import Path
 from isogroup.core.address import PciAddress
 from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
-from isogroup.errors import InputError, StateError
+from isogroup.errors import InputError, Origin, StateError
 from isogroup.formats import snapshot
 from isogroup.formats.domainxml import parse_domain
 from isogroup.formats.schema import validate_domain
@@ -19,6 +19,7 @@ from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
+from isogroup.limits import MAX_XML_BYTES
 from isogroup.paths import DEFAULT_LEDGER_DIR
 
 
@@ -55,14 +56,30 @@ def probe_seams(args: argparse.Namespace, sysfs: Sysfs) -> ProbeSeams | None:
     return ProbeSeams.tree(sysfs, proc, dev)
 
 
+def read_input(path: Path) -> bytes:
+    """A document named on the command line ('-': stdin), at most MAX_XML_BYTES + 1 bytes of it (the parser
+    refuses a larger one). A FIFO is read as a person at a shell means it: `check <(virsh dumpxml vm)`."""
+    try:
+        if str(path) == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            if stream is None:
+                raise InputError("cannot read the document from stdin: it is closed")
+            return bytes(stream.read(MAX_XML_BYTES + 1))
+        with open(path, "rb") as f:
+            return f.read(MAX_XML_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}", origin=Origin(str(path))) from None
+
+
 def read_domain_file(path: Path, schema: Path | None = None) -> DomainSpec:
     """The domain document at `path` ('-': stdin); with `schema` (libvirt's domain.rng), also valid for libvirt."""
+    data = read_input(path)
     try:
-        data = path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    spec = parse_domain(data, origin=str(path))
-    validate_domain(data, str(path), schema)
+        spec = parse_domain(data, origin=str(path))
+        validate_domain(data, str(path), schema)
+    except InputError as exc:
+        exc.origin = exc.origin or Origin(str(path))
+        raise
     return spec
 
 

@@ -10,7 +10,8 @@ from typing import NoReturn
 
 from isogroup import __version__
 from isogroup.cli import commands
-from isogroup.errors import ExitCode, IsogroupError
+from isogroup.core import report
+from isogroup.errors import ExitCode, IsogroupError, RefusedError
 from isogroup.hook.install import DEFAULT_HOOKS_DIR
 from isogroup.paths import DEFAULT_LEDGER_DIR
 
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every way out of a command is an exit code from `ExitCode`: an error of isogroup's own is its class's code
+    and one line; anything else is a bug, exit 70 and one line (the traceback with --debug), never exit 1, which
+    would read as "refused" to a CI job."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -169,11 +173,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IsogroupError as exc:
         if args.debug:
             raise
-        sys.stderr.write(f"isogroup: {exc}\n")
+        _report(args, exc.line(), exc.exit_code, exc)
         return int(exc.exit_code)
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`isogroup status | head`): not an error of ours
         return ExitCode.OK
+    except KeyboardInterrupt:
+        sys.stderr.write("isogroup: interrupted\n")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        line = f"isogroup: internal error: {type(exc).__name__}: {_one_line(str(exc))} (a bug; --debug shows where)"
+        _report(args, line, ExitCode.SOFTWARE, exc)
+        return int(ExitCode.SOFTWARE)
     return code
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _report(args: argparse.Namespace, line: str, code: ExitCode, exc: BaseException) -> None:
+    """The error's one line on stderr; with --format json also a JSON object on stdout, so that a CI job reading
+    stdout gets a document either way: {"error": {"exit": N, "kind": ..., "message": ..., "file": ..., "line": ...}}."""
+    sys.stderr.write(line + "\n")
+    if getattr(args, "format", None) == "json":
+        sys.stdout.write(report.dumps({"error": error_to_json(exc, code)}))
+
+
+def error_to_json(exc: BaseException, code: ExitCode) -> dict[str, object]:
+    origin = exc.origin if isinstance(exc, IsogroupError) else None
+    return {
+        "exit": int(code),
+        "kind": code.name.lower(),
+        "message": str(exc) if isinstance(exc, IsogroupError) else f"internal error: {type(exc).__name__}",
+        "file": origin.file if origin is not None else None,
+        "line": origin.line if origin is not None else None,
+        "codes": list(exc.codes) if isinstance(exc, RefusedError) else [],
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ from lxml import etree
 
 from isogroup.core.address import PciAddress
 from isogroup.core.domain import DomainSpec, MdevRequest, NetworkRequest, PciRequest, Source
-from isogroup.errors import InputError
+from isogroup.errors import InputError, Origin
 from isogroup.formats.policyfile import read_domain_policy
 from isogroup.formats.xml import line as _line
 from isogroup.formats.xml import parse_number, parse_xml
@@ -21,9 +21,14 @@ def _where(origin: str, element: etree._Element | None) -> str:
     return f"{origin} line {line}" if line else origin
 
 
+def _bad(origin: str, element: etree._Element | None, what: str) -> InputError:
+    """`what` is wrong at `element` of the document `origin`: one line naming the place, and the place as data."""
+    return InputError(f"{_where(origin, element)}: {what}", origin=Origin(origin, _line(element)))
+
+
 def _pci_address(element: etree._Element | None, origin: str, owner: etree._Element) -> PciAddress:
     if element is None:
-        raise InputError(f"{_where(origin, owner)}: PCI hostdev has no <source><address .../>")
+        raise _bad(origin, owner, "PCI hostdev has no <source><address .../>")
     values = {}
     for attr in ("domain", "bus", "slot", "function"):
         raw = element.get(attr)
@@ -34,11 +39,11 @@ def _pci_address(element: etree._Element | None, origin: str, owner: etree._Elem
         try:
             values[attr] = parse_number(raw)
         except InputError as exc:
-            raise InputError(f"{_where(origin, element)}: address {attr}={exc.message}") from None
+            raise _bad(origin, element, f"address {attr}={exc.message}") from None
     try:
         return PciAddress(**values)
     except InputError as exc:
-        raise InputError(f"{_where(origin, element)}: {exc.message}") from None
+        raise _bad(origin, element, exc.message) from None
 
 
 def _managed(element: etree._Element, origin: str) -> bool:
@@ -46,7 +51,7 @@ def _managed(element: etree._Element, origin: str) -> bool:
     if value is None:
         return False  # libvirt's default: the user detaches the device
     if value not in ("yes", "no"):
-        raise InputError(f"{_where(origin, element)}: managed={value!r} must be 'yes' or 'no'")
+        raise _bad(origin, element, f"managed={value!r} must be 'yes' or 'no'")
     return value == "yes"
 
 
@@ -65,8 +70,9 @@ def parse_status(data: bytes, origin: str) -> DomainSpec | None:
 
 
 def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
-    name = (root.findtext("name") or "").strip()
-    if not name:
+    # Exactly as written, spaces included: libvirt keeps them, and a guest is identified by its name byte for byte.
+    name = root.findtext("name") or ""
+    if not name.strip():
         raise InputError(f"{origin}: the domain has no <name>")
     uuid = (root.findtext("uuid") or "").strip() or None
 
@@ -85,7 +91,7 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
                 uuid_el = dev.find("source/address")
                 mdev_uuid = uuid_el.get("uuid") if uuid_el is not None else None
                 if not mdev_uuid:
-                    raise InputError(f"{_where(origin, dev)}: mdev hostdev has no <source><address uuid=.../>")
+                    raise _bad(origin, dev, "mdev hostdev has no <source><address uuid=.../>")
                 mdevs.append(MdevRequest(mdev_uuid, dev.get("model")))
         elif dev.tag == "interface":
             kind = dev.get("type")
@@ -100,7 +106,8 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
         if request.address in seen:
             raise InputError(
                 f"{origin} line {request.line}: {request.address} is already assigned at line "
-                f"{seen[request.address].line}"
+                f"{seen[request.address].line}",
+                origin=Origin(origin, request.line),
             )
         seen[request.address] = request
     return DomainSpec(name, uuid, tuple(pci), tuple(mdevs), tuple(networks), read_domain_policy(root, origin))

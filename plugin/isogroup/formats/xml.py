@@ -12,8 +12,9 @@ import re
 from lxml import etree
 
 from isogroup.errors import InputError
+from isogroup.limits import MAX_XML_BYTES
 
-MAX_XML_BYTES = 4 * 1024 * 1024  # libvirt's own domain documents are a few KiB; this is generous
+__all__ = ["MAX_XML_BYTES", "line", "parse_file", "parse_number", "parse_xml"]  # MAX_XML_BYTES: the limit enforced here
 
 
 def _parser() -> etree.XMLParser:
