@@ -14,7 +14,6 @@ the guest's release still restores completely.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,8 +38,7 @@ from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import AFFECT_CONFIG, AFFECT_CURRENT, AFFECT_LIVE, Virt
-
-log = logging.getLogger("isogroup")
+from isogroup.log import log
 
 DETACH_WAIT_S = 10.0  # after libvirt's own wait (5 s in the qemu driver) for the guest to release the device
 

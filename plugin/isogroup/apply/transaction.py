@@ -7,7 +7,6 @@ restore exactly what the domain's claim recorded. Every run first finishes what 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -26,8 +25,7 @@ from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger, LedgerSession
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, Sysfs
-
-log = logging.getLogger("isogroup")
+from isogroup.log import log
 
 BIND_TIMEOUT_S = 10.0
 

@@ -20,7 +20,7 @@ from isogroup.formats.schema import find_domain_schema
 from isogroup.hook.install import install_hook, uninstall_hook
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger, claim_to_json
-from isogroup.logsetup import to_syslog
+from isogroup.log import to_syslog
 from isogroup.paths import DEFAULT_POLICY
 
 

@@ -21,7 +21,7 @@ from isogroup.host.probes import ProbeSeams
 from isogroup.libvirt import agreement
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import LibvirtDomain, Virt
-from isogroup.logsetup import to_syslog
+from isogroup.log import to_syslog
 
 
 def _write_plans(args: argparse.Namespace, plans: list[DomainPlan]) -> None:

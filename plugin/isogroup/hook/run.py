@@ -3,7 +3,6 @@ operation to the transaction and turns errors into one line on stderr and an exi
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -14,10 +13,8 @@ from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
-from isogroup.logsetup import to_syslog
+from isogroup.log import log, to_syslog
 from isogroup.paths import DEFAULT_POLICY
-
-log = logging.getLogger("isogroup")
 
 
 def run(
