@@ -4,6 +4,7 @@ probes), domain files, and the claims that count as taken. Parsed once, here, at
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -84,14 +85,23 @@ def read_domain_file(path: Path, schema: Path | None = None) -> DomainSpec:
 
 
 def load_claims(args: argparse.Namespace) -> dict[int, str]:
-    """Claims are an input to planning: `--ledger DIR`, or on the live host the live ledger when this user can
-    read it (root); a snapshot or another tree has none unless a ledger is named."""
+    """Claims are an input to planning: `--ledger DIR`, or on the live host the live ledger; a snapshot or
+    another tree has none unless a ledger is named. A ledger that cannot be read is never "no claims": as root
+    (who can read it) that is an error; without root (who cannot) a warning, since the verdict then cannot
+    count the running guests' groups."""
     if args.ledger is not None:
         claims = Ledger(args.ledger).read_all_unlocked()
     elif args.host is None and args.sysfs is None:
         try:
             claims = Ledger(DEFAULT_LEDGER_DIR).read_all_unlocked()
-        except (OSError, StateError):
+        except (OSError, StateError) as exc:
+            if os.geteuid() == 0:
+                raise StateError(f"cannot read the ledger {DEFAULT_LEDGER_DIR}: {exc}") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            sys.stderr.write(
+                f"isogroup: warning: cannot read the ledger {DEFAULT_LEDGER_DIR} ({why}); groups held by running "
+                "guests are not counted (run as root for a verdict)\n"
+            )
             claims = []
     else:
         return {}
