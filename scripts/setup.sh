@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything isogroup needs on a Debian 12 machine, into the system (apt) and into ./.venv (pip).
 #   scripts/setup.sh          runtime: libvirt-python's build deps, lxml, pyudev, isogroup itself
-#   scripts/setup.sh --test   also the test tools and the real-kernel test bed (QEMU, busybox, a kernel)
+#   scripts/setup.sh --test   also the test tools, the real-kernel test bed (QEMU, busybox, a kernel) and the
+#                             tools that build and test the Debian package (debhelper, lintian, mmdebstrap)
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,8 @@ apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0)
 if [ "$want_test" -eq 1 ]; then
     # shellcheck source=scripts/vm-packages.txt
     mapfile -t vm_pkgs < <(grep -v '^#' scripts/vm-packages.txt | grep -v '^$')
-    apt_pkgs+=("${vm_pkgs[@]}")
+    mapfile -t deb_pkgs < <(grep -v '^#' scripts/deb-packages.txt | grep -v '^$')
+    apt_pkgs+=("${vm_pkgs[@]}" "${deb_pkgs[@]}")
 fi
 
 missing=()
