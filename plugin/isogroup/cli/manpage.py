@@ -23,7 +23,6 @@ from isogroup.errors import ExitCode
 from isogroup.formats import policyfile
 from isogroup.formats.schema import DEFAULT_SCHEMA_DIRS
 from isogroup.hook.install import DEFAULT_HOOKS_DIR, HOOK_NAME, PACKAGED_HOOK
-from isogroup.hook.run import EX_SOFTWARE
 from isogroup.paths import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_POLICY
 
 # Every code the command and the hook return (tests/package/test_docs.py fails when one has no line here).
@@ -35,7 +34,9 @@ EXIT_STATUS: dict[int, str] = {
     ExitCode.HOST: "the host did not do what was asked (a sysfs write failed, a bind never came); this run's "
     "changes were rolled back",
     ExitCode.STATE: "the state ledger is unusable (an unsafe directory, a corrupt claim, locked too long)",
-    EX_SOFTWARE: "a bug in isogroup; the hook then refuses the start rather than let a guest run unprotected",
+    ExitCode.SOFTWARE: "a bug in isogroup (one line; the traceback with --debug); the hook then refuses the start "
+    "rather than let a guest run unprotected",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT)",
 }
 
 FILES: tuple[tuple[str, str], ...] = (
