@@ -1,7 +1,7 @@
 """`--format kubevirt`: `spec.configuration.permittedHostDevices.pciHostDevices` for the KubeVirt CR, and which
 groups must be bound to vfio-pci before KubeVirt sees them.
 
-Fields as KubeVirt's API declares them (kubevirt/kubevirt: staging/src/kubevirt.io/api/core/v1/types.go,
+Fields as KubeVirt's API declares them (kubevirt/client-python: docs/V1PciHostDevice.md, generated from the API:
 PciHostDevice: pciVendorSelector, resourceName, externalResourceProvider). Its device plugin
 (pkg/virt-handler/device-manager/pci_device.go) selects by vendor:device only, advertises only devices whose driver
 is exactly vfio-pci, and hands out one IOMMU group per plugin device: so every group listed here must be bound

@@ -44,8 +44,18 @@ def render(inv: Inventory) -> str:
     out = [
         f"# isogroup inventory for {inv.node}: {len(inv.assignable)} whole IOMMU group(s), one device each",
         "# (the isogroup hook moves the rest of each group when a guest starts).",
-        "# Flavor alias: [pci] alias = "
-        + json.dumps({"name": "isogroup-<name>", "device_type": "type-PCI", "resource_class": "<class below>"}),
+        "# Flavor alias, one per device kind (vendor_id/product_id needed unless pci_in_placement is on):",
+        "# [pci] alias = "
+        + json.dumps(
+            {
+                "name": "isogroup-<name>",
+                "device_type": "type-PCI",
+                "vendor_id": "<vendor_id>",
+                "product_id": "<product_id>",
+                "resource_class": "<resource_class>",
+                "traits": TRAIT,
+            }
+        ),
         "# Placement needs [pci] report_in_placement = True (once on, nova refuses to turn it off again).",
         "[pci]",
     ]
