@@ -43,6 +43,15 @@ PY=${PYTHON:-python3}
 if [ "$want_test" -eq 1 ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     tests/vm/fetch-kernel.sh
+    # OpenStack nova's own device_spec parser checks `isogroup inventory --format nova` (tests/unit/
+    # test_nova_devspec.py). Its own venv: about 150 packages, never a dependency of isogroup. Pinned to the
+    # versions that install and import here without a cloud (nova 34.0.0 = 2025.2 "Flamingo").
+    if [ ! -x .cache/nova-venv/bin/python ] || ! .cache/nova-venv/bin/python -c 'import nova.pci.whitelist' 2>/dev/null; then
+        "$PY" -m venv .cache/nova-venv
+        .cache/nova-venv/bin/python -m pip install -q --disable-pip-version-check \
+            nova==34.0.0 oslo.config==10.7.0 oslo.utils==10.2.0 oslo.serialization==5.11.0 oslo.log==8.3.2 \
+            oslo.i18n==6.9.0 os-traits==3.9.0 os-resource-classes==1.1.0 eventlet==0.41.3
+    fi
 else
     .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi

@@ -890,6 +890,9 @@ def _make_device(root: Path, topology: HostTopology, func: PciFunction, paths: M
     _write_attr(dev / "vendor", f"0x{func.vendor:04x}\n", _RO)
     _write_attr(dev / "device", f"0x{func.device:04x}\n", _RO)
     _write_attr(dev / "class", f"0x{func.class_code:06x}\n", _RO)
+    if func.subsystem is not None:  # the kernel always has them (pci-sysfs.c); a topology may not record them
+        _write_attr(dev / "subsystem_vendor", f"0x{func.subsystem[0]:04x}\n", _RO)
+        _write_attr(dev / "subsystem_device", f"0x{func.subsystem[1]:04x}\n", _RO)
     secondary, subordinate = _bus_range(topology, func)
     (dev / "config").write_bytes(config_space(func, secondary, subordinate))
     (dev / "config").chmod(_RW)

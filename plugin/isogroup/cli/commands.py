@@ -9,6 +9,7 @@ import os
 import sys
 
 from isogroup.apply.transaction import Context, recover
+from isogroup.cli import cluster
 from isogroup.cli.inputs import kernel, load_claims, load_host, read_domain_file
 from isogroup.core import report
 from isogroup.core.address import PciAddress
@@ -25,7 +26,12 @@ from isogroup.paths import DEFAULT_POLICY
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    fleet = args.hosts is not None or len(args.host or ()) > 1  # which of these hosts can run each domain
+    if not fleet:
+        args.host = args.host[0] if args.host else None
     if args.libvirt_domain or args.all:
+        if fleet:
+            raise InputError("a fleet check (several --host, or --hosts) takes DOMAIN.xml files, not libvirt domains")
         if args.domains:
             raise InputError("give DOMAIN.xml files, or --domain/--all to read domains from libvirt, not both")
         from isogroup.cli import libvirt as cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
@@ -40,6 +46,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise InputError("-c/--connect reads domains from libvirt: use it with --domain NAME or --all")
     schema = None if args.no_schema else find_domain_schema()
     domains = [read_domain_file(p, schema) for p in args.domains]
+    if fleet:
+        return cluster.check_fleet(args, domains, policyfile.load(args.policy, required=args.policy is not None))
     scope = {r.address for d in domains for r in d.pci}
     host = load_host(args, scope)
     claims = load_claims(args)
@@ -52,6 +60,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.plans_to_text(plans))
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    return cluster.inventory(args)
 
 
 def cmd_groups(args: argparse.Namespace) -> int:

@@ -24,9 +24,13 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(ExitCode.INPUT)
 
 
-def _add_host_options(p: argparse.ArgumentParser) -> None:
+def _add_host_options(p: argparse.ArgumentParser, *, fleet: bool = False) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
+    if fleet:  # check: several snapshots make it a fleet check (which hosts can run each domain)
+        src.add_argument("--host", type=Path, action="append", metavar="FILE", help="a host snapshot (repeatable)")
+        p.add_argument("--hosts", type=Path, metavar="DIR", help="every host snapshot (*.json) in DIR: a fleet check")
+    else:
+        src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
     src.add_argument("--sysfs", type=Path, metavar="DIR", help="a tree laid out like /sys (default: /sys)")
     # The live host is probed for host use (mounts, routes, open devices...); a --sysfs tree only with these.
     p.add_argument("--proc", type=Path, metavar="DIR", help="with --sysfs: the matching /proc, to probe host use")
@@ -82,11 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="check every domain libvirt has, defined and running")
     _add_connect(p)
     p.add_argument("--no-schema", action="store_true", help="do not validate files against libvirt's RelaxNG schema")
-    _add_host_options(p)
+    _add_host_options(p, fleet=True)
     p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
     p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
     _add_format(p)
     p.set_defaults(func=commands.cmd_check)
+
+    p = sub.add_parser("inventory", help="the IOMMU groups this host can give whole, for a cluster's scheduler")
+    _add_host_options(p)
+    p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
+    p.add_argument("--node", metavar="NAME", help="the host's name in the cluster (default: snapshot's stem, hostname)")
+    p.add_argument("--format", choices=("json", "nova", "kubevirt", "proxmox", "nfd"), default="json")
+    p.set_defaults(func=commands.cmd_inventory)
 
     p = sub.add_parser("groups", help="list every IOMMU group, its members, and whether VFIO can use it")
     _add_host_options(p)

@@ -93,6 +93,9 @@ class PciFunction:
     pcie_type: int | None = None  # PCI Express capability's device/port type; None: conventional PCI
     acs_cap: int | None = None  # ACS capability register; None: no ACS capability
     acs_ctrl: int | None = None  # ACS control register
+    # sysfs subsystem_vendor/subsystem_device (the board maker's IDs); None: not recorded (an older snapshot).
+    # Proxmox's PCI mappings compare them with the device at guest start (`isogroup inventory --format proxmox`).
+    subsystem: tuple[int, int] | None = None
 
     @property
     def is_bridge(self) -> bool:

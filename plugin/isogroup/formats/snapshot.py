@@ -22,7 +22,7 @@ MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
 
 def _function_to_json(f: PciFunction) -> dict[str, Any]:
-    return {
+    doc = {
         "address": str(f.address),
         "vendor": f"{f.vendor:04x}",
         "device": f"{f.device:04x}",
@@ -42,6 +42,10 @@ def _function_to_json(f: PciFunction) -> dict[str, Any]:
         "acs_cap": f.acs_cap,
         "acs_ctrl": f.acs_ctrl,
     }
+    # Optional, written only when known: a snapshot without it (an older isogroup's) reads back the same.
+    if f.subsystem is not None:
+        doc["subsystem"] = f"{f.subsystem[0]:04x}:{f.subsystem[1]:04x}"
+    return doc
 
 
 def to_json(topology: HostTopology) -> dict[str, Any]:
@@ -108,6 +112,14 @@ class _Reader:
             raise InputError(f"{self.where}: {key!r} must be {digits} lower-case hex digits")
         return int(text, 16)
 
+    def opt_ids(self, key: str) -> tuple[int, int] | None:
+        text = self.opt_text(key)
+        if text is None:
+            return None
+        if not re.fullmatch("[0-9a-f]{4}:[0-9a-f]{4}", text):
+            raise InputError(f"{self.where}: {key!r} must be vvvv:dddd in lower-case hex")
+        return int(text[:4], 16), int(text[5:], 16)
+
     def count(self, key: str) -> int | None:
         value = self.opt_int(key)
         if value is not None and value < 0:
@@ -160,6 +172,7 @@ def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
         pcie_type=r.count("pcie_type") if v2 else None,
         acs_cap=r.count("acs_cap") if v2 else None,
         acs_ctrl=r.count("acs_ctrl") if v2 else None,
+        subsystem=r.opt_ids("subsystem"),  # optional in any version: snapshots before it stay readable
     )
 
 

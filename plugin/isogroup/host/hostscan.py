@@ -58,6 +58,7 @@ def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = Tru
     physfn = sysfs.link_name(f"{base}/physfn")
     parent_name = sysfs.resolve(base).parent.name
     override = sysfs.read(f"{base}/driver_override")
+    sub_vendor, sub_device = _hex(sysfs.read(f"{base}/subsystem_vendor")), _hex(sysfs.read(f"{base}/subsystem_device"))
     return PciFunction(
         address=address,
         vendor=vendor,
@@ -77,6 +78,7 @@ def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = Tru
         pcie_type=caps.pcie_type if caps else None,
         acs_cap=caps.acs_cap if caps else None,
         acs_ctrl=caps.acs_ctrl if caps else None,
+        subsystem=(sub_vendor, sub_device) if sub_vendor is not None and sub_device is not None else None,
     )
 
 
