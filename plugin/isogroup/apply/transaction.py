@@ -23,7 +23,7 @@ from isogroup.errors import HostError, IsogroupError
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger, LedgerSession
-from isogroup.host.probes import ProbeSeams
+from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, Sysfs
 from isogroup.log import log
 

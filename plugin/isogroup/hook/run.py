@@ -11,7 +11,7 @@ from isogroup.errors import ExitCode, HostError, InputError, IsogroupError
 from isogroup.formats import policyfile
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
-from isogroup.host.probes import ProbeSeams
+from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import Sysfs
 from isogroup.log import log, to_syslog
 from isogroup.paths import DEFAULT_POLICY
