@@ -129,8 +129,10 @@ class SimState:
     # --- JSON ------------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)  # recurses into the DynId lists
+        # Field by field: asdict() would deep-copy every PciFunction first, on every write.
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
         doc["devices"] = {bdf: d.to_json() for bdf, d in self.devices.items()}
+        doc["dynids"] = {driver: [asdict(d) for d in ids] for driver, ids in self.dynids.items()}
         return doc
 
     @classmethod
