@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ci import needs_install
 from isogroup.cli.main import main
 from isogroup.errors import ExitCode, InputError
 from isogroup.formats.schema import find_domain_schema, load_schema, validate_domain
@@ -16,8 +17,8 @@ from testpaths import SAMPLES
 HOST = SAMPLES / "hosts" / "desktop-gpu.json"
 SCHEMA = find_domain_schema()
 
-needs_schema = pytest.mark.skipif(
-    SCHEMA is None, reason="libvirt's schemas are not installed (Debian package libvirt0: scripts/setup.sh)"
+needs_schema = needs_install(
+    SCHEMA is not None, "libvirt's schemas are not installed (Debian package libvirt0: scripts/setup.sh)"
 )
 
 GOOD = """<domain type='kvm'>
