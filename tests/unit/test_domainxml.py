@@ -551,3 +551,8 @@ def test_a_5000_digit_address_is_exit_2_and_one_line_for_the_hook(
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "(5000 characters)" in err and len(err) < 300, err
     assert tree_digest(tmp_path) == before
+
+
+def test_libxml2s_multi_line_messages_become_one_line() -> None:
+    """libxml2 says "Char 0x0 out of allowed range\n, line 1, column 26": found by the hostile-input suite."""
+    refused(b"<domain><name>\x00</name></domain>")

@@ -158,12 +158,12 @@ def _describe(schema: etree.RelaxNG, root: etree._Element) -> tuple[int | None, 
     errors: Sequence[etree._LogEntry] = list(schema.error_log)
     specific = [e for e in errors if e.line > 0 and e.type_name not in _VAGUE]
     if specific:
-        return specific[0].line, f"libvirt's schema rejects the domain: {specific[0].message}"
+        return specific[0].line, f"libvirt's schema rejects the domain: {' '.join(specific[0].message.split())}"
     vague = next((e for e in reversed(errors) if e.path), errors[-1] if errors else None)
     culprit = _culprit(schema, root, vague.path if vague is not None else None)
     if culprit is not None:
         return line(culprit), f"libvirt's schema rejects this <{culprit.tag}>"
-    message = vague.message if vague is not None else "it does not validate"
+    message = " ".join(vague.message.split()) if vague is not None else "it does not validate"
     return (
         vague.line if vague is not None and vague.line > 0 else None
     ), f"libvirt's schema rejects the domain: {message}"

@@ -7,6 +7,7 @@ Loading is strict: a snapshot that does not say exactly what it means is refused
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import re
 from pathlib import Path
@@ -145,7 +146,7 @@ class _Reader:
 
     def _parse_address(self, key: str, text: str) -> PciAddress:
         try:
-            return PciAddress.parse(text)
+            return _address(text)
         except InputError as exc:
             raise InputError(f"{self.where} {key!r}: {exc.message}") from None
 
@@ -266,6 +267,13 @@ def _check_consistent(topology: HostTopology, where: str) -> None:
             raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which is not listed")
         if func.address not in listed.members:
             raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which does not list it")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> PciAddress:
+    """Each address of a snapshot is written up to four times (the function, its group, its children's parent,
+    a VF's physfn): parsed once. Cached across loads too; a PciAddress is immutable."""
+    return PciAddress.parse(text)
 
 
 def _shown(text: str) -> str:
