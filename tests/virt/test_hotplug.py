@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, SimKernel
-from isogroup.apply.hotplug import attach_device, detach_device, parse_device
+from isogroup.apply.hotplug import attach_device, detach_device
 from isogroup.apply.transaction import Context, Stage, prepare, release
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
@@ -29,6 +29,7 @@ from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
 from isogroup.errors import ExitCode, HostError, InputError, RefusedError
 from isogroup.formats import policyfile, snapshot
+from isogroup.formats.domainxml import parse_device
 from isogroup.host.ledger import Ledger
 from isogroup.libvirt.virt import Virt
 from testpaths import SAMPLES

@@ -18,8 +18,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from lxml import etree
-
 from isogroup.apply.transaction import Context, finish_interrupted, release_groups, settled_claims
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
@@ -29,8 +27,7 @@ from isogroup.core.model import HostTopology
 from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.errors import HostError, InputError, IsogroupError
-from isogroup.formats.domainxml import parse_domain
-from isogroup.formats.xml import MAX_XML_BYTES
+from isogroup.formats.domainxml import Device, parse_device
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import LedgerSession
@@ -41,18 +38,6 @@ from isogroup.libvirt.virt import AFFECT_CONFIG, AFFECT_CURRENT, AFFECT_LIVE, Vi
 from isogroup.log import log
 
 DETACH_WAIT_S = 10.0  # after libvirt's own wait (5 s in the qemu driver) for the guest to release the device
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device document as given to attach/detach, and its PCI requests under the guest's name."""
-
-    xml: str
-    spec: DomainSpec
-
-    @property
-    def addresses(self) -> frozenset[PciAddress]:
-        return frozenset(r.address for r in self.spec.pci)
 
 
 @dataclass(frozen=True)
@@ -70,34 +55,6 @@ class Target:
             raise InputError(f"domain '{name}' is not running: --live needs a running guest (use --config)")
         flags = (AFFECT_LIVE if live else AFFECT_CURRENT) | (AFFECT_CONFIG if config else AFFECT_CURRENT)
         return cls(live or (not config and active), config or (not live and not active), flags)
-
-
-def parse_device(data: bytes, where: str, domain: DomainSpec | str, uuid: str | None = None) -> Device:
-    """One device element (`<hostdev>`, `<interface>`, ...) as `virsh attach-device` takes it, read with the
-    same safety as a domain document: no DTD, no entities, no network, a size limit. `domain`: the guest it
-    goes to (its name, uuid and <metadata> policy carry over), or just a name."""
-    guest = domain if isinstance(domain, DomainSpec) else DomainSpec(domain, uuid, ())
-    if len(data) > MAX_XML_BYTES:
-        raise InputError(f"{where}: larger than {MAX_XML_BYTES} bytes; not a device document")
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
-    try:
-        root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        raise InputError(f"{where}: malformed XML: {exc.msg}") from None
-    tree = root.getroottree()
-    if getattr(tree.docinfo, "doctype", "") or tree.docinfo.internalDTD is not None:
-        raise InputError(f"{where}: a DOCTYPE is not allowed in a device document")
-    if root.tag == "domain":
-        raise InputError(f"{where}: this is a whole domain; give one device element (e.g. <hostdev>)")
-    # The device inside a minimal domain, starting on the line it starts on in the file, so that the domain
-    # reader's messages name the file's lines.
-    wrapper = etree.Element("domain")
-    etree.SubElement(wrapper, "name").text = guest.name
-    etree.SubElement(wrapper, "devices").append(etree.fromstring(etree.tostring(root), parser))
-    first = getattr(root, "sourceline", 1)
-    lead = b"\n" * (first - 1 if isinstance(first, int) and first > 1 else 0)
-    spec = parse_domain(lead + etree.tostring(wrapper), origin=where)
-    return Device(etree.tostring(root, encoding="unicode"), replace(spec, uuid=guest.uuid, policy=guest.policy))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
 from isogroup.errors import InputError, Origin, StateError
 from isogroup.formats import snapshot
-from isogroup.formats.domainxml import parse_domain
-from isogroup.formats.schema import validate_domain
+from isogroup.formats.domainxml import read_domain
+from isogroup.formats.schema import validate_tree
+from isogroup.formats.xml import parse_xml
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
@@ -76,8 +77,9 @@ def read_domain_file(path: Path, schema: Path | None = None) -> DomainSpec:
     """The domain document at `path` ('-': stdin); with `schema` (libvirt's domain.rng), also valid for libvirt."""
     data = read_input(path)
     try:
-        spec = parse_domain(data, origin=str(path))
-        validate_domain(data, str(path), schema)
+        root = parse_xml(data, str(path))  # once: the domain reader and the schema read the same tree
+        spec = read_domain(root, str(path))
+        validate_tree(root, str(path), schema)
     except InputError as exc:
         exc.origin = exc.origin or Origin(str(path))
         raise

@@ -73,7 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("check", help="can these domains start? (exit 0 yes, 1 refused, 2 bad input)")
+    p = sub.add_parser(
+        "check",
+        help="can these domains start? (exit 0 yes, 1 refused, 2 bad input)",
+        description="Judge whether each domain's PCI passthrough keeps its IOMMU groups isolated on this host "
+        "(or a --host snapshot), as the hook would at start: exit 0 yes, 1 refused, 2 bad input. It reads only "
+        "what isolation needs, and validates files against libvirt's RelaxNG schema (what 'virsh define "
+        "--validate' checks) when that is installed. It does not check every rule libvirt applies to a domain: "
+        "libvirt may still refuse to define or start a domain that check accepts (an unknown emulator, a "
+        "missing disk, a machine type QEMU lacks), and plain 'virsh define' may accept one the schema rejects.",
+    )
     p.add_argument("domains", nargs="*", type=Path, metavar="DOMAIN.xml")
     p.add_argument(
         "--domain",

@@ -6,6 +6,9 @@ network, under a size limit, and anything this module cannot read exactly is an 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from lxml import etree
 
 from isogroup.core.address import PciAddress
@@ -56,10 +59,42 @@ def _managed(element: etree._Element, origin: str) -> bool:
 
 
 def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:
-    root = parse_xml(data, origin)
+    return read_domain(parse_xml(data, origin), origin)
+
+
+def read_domain(root: etree._Element, origin: str) -> DomainSpec:
+    """The domain document already parsed by `parse_xml`, so that a caller which also validates it (`check`
+    against libvirt's schema) parses each file once."""
     if root.tag != "domain":
         raise InputError(f"{origin}: the root element is <{root.tag}>, not <domain>")
     return _read_domain(root, origin)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device document as given to `virsh attach-device` / `detach-device`: its text, to hand to libvirt,
+    and its PCI requests under the guest's name."""
+
+    xml: str
+    spec: DomainSpec
+
+    @property
+    def addresses(self) -> frozenset[PciAddress]:
+        return self.spec.addresses
+
+
+def parse_device(data: bytes, where: str, domain: DomainSpec | str, uuid: str | None = None) -> Device:
+    """One device element (`<hostdev>`, `<interface>`, ...) as `virsh attach-device` takes it, read with the
+    same parser as a domain document and by the same field readers, in place: line numbers are the
+    element's own. `domain`: the guest it goes to (its name, uuid and <metadata> policy carry over), or just
+    a name."""
+    guest = domain if isinstance(domain, DomainSpec) else DomainSpec(domain, uuid, ())
+    root = parse_xml(data, where, kind="device")
+    if root.tag == "domain":
+        raise InputError(f"{where}: this is a whole domain; give one device element (e.g. <hostdev>)")
+    pci, mdevs, networks = _read_devices([root], where)
+    spec = DomainSpec(guest.name, guest.uuid, pci, mdevs, networks, guest.policy)
+    return Device(etree.tostring(root, encoding="unicode"), spec)
 
 
 def parse_status(data: bytes, origin: str) -> DomainSpec | None:
@@ -76,10 +111,18 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
         raise InputError(f"{origin}: the domain has no <name>")
     uuid = (root.findtext("uuid") or "").strip() or None
 
+    pci, mdevs, networks = _read_devices(root.iterfind("devices/*"), origin)
+    return DomainSpec(name, uuid, pci, mdevs, networks, read_domain_policy(root, origin))
+
+
+def _read_devices(
+    devices: Iterable[etree._Element], origin: str
+) -> tuple[tuple[PciRequest, ...], tuple[MdevRequest, ...], tuple[NetworkRequest, ...]]:
+    """The requests among `devices` (the children of a domain's <devices>, or one device document's root)."""
     pci: list[PciRequest] = []
     mdevs: list[MdevRequest] = []
     networks: list[NetworkRequest] = []
-    for dev in root.iterfind("devices/*"):
+    for dev in devices:
         if dev.tag == "hostdev":
             if dev.get("mode", "subsystem") != "subsystem":
                 continue
@@ -110,7 +153,7 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
                 origin=Origin(origin, request.line),
             )
         seen[request.address] = request
-    return DomainSpec(name, uuid, tuple(pci), tuple(mdevs), tuple(networks), read_domain_policy(root, origin))
+    return tuple(pci), tuple(mdevs), tuple(networks)
 
 
 def _read_network_interface(

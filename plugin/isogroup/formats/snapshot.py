@@ -6,6 +6,8 @@ Loading is strict: a snapshot that does not say exactly what it means is refused
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import re
 from pathlib import Path
@@ -14,11 +16,20 @@ from typing import Any
 from isogroup.core.address import PciAddress
 from isogroup.core.model import Finding, Header, HostTopology, IommuGroup, PciFunction, UseCode
 from isogroup.errors import InputError
+from isogroup.files import FileRefused, read_regular
 
 FORMAT = "isogroup-host"
 VERSION = 2  # 2 added config-space capabilities (PCIe port type, ACS) and host-use findings
 READABLE_VERSIONS = (1, 2)
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+# No field of a snapshot is wider than 32 bits; a longer number is an attack on int(), not a value (Python
+# refuses to convert more than 4,300 digits with a ValueError json does not wrap).
+_MAX_NUMBER_CHARS = 24
+MAX_GROUP = 2**31 - 1  # the kernel numbers IOMMU groups with an int (drivers/iommu/iommu.c, ida_alloc)
+MAX_TEXT = 4096  # a finding's subject or message is a line of text
+# A driver's name is a directory under /sys/bus/pci/drivers (snd_hda_intel, ehci-pci, mlx5_core...) and goes
+# into sysfs paths and report lines: no slash, no space, no control character, never `.` or `..`.
+DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def _function_to_json(f: PciFunction) -> dict[str, Any]:
@@ -98,6 +109,19 @@ class _Reader:
         value = self._get(key, (str,), optional=True)
         return value if isinstance(value, str) else None
 
+    def line(self, key: str) -> str:
+        """Free text that a report prints as part of one line: printable, bounded."""
+        text = self.text(key)
+        if len(text) > MAX_TEXT or not text.isprintable():
+            raise InputError(f"{self.where}: {key!r} must be one line of printable text (at most {MAX_TEXT})")
+        return text
+
+    def driver(self, key: str) -> str | None:
+        name = self.opt_text(key)
+        if name is not None and not DRIVER_NAME.fullmatch(name):
+            raise InputError(f"{self.where}: {key!r} is {_shown(name)}, not a kernel driver's name")
+        return name
+
     def flag(self, key: str) -> bool:
         value = self._get(key, (bool,), optional=False)
         return value is True
@@ -120,6 +144,12 @@ class _Reader:
             raise InputError(f"{self.where}: {key!r} must be vvvv:dddd in lower-case hex")
         return int(text[:4], 16), int(text[5:], 16)
 
+    def group(self, key: str) -> int | None:
+        value = self.opt_int(key)
+        if value is not None and not 0 <= value <= MAX_GROUP:
+            raise InputError(f"{self.where}: {key!r} must be a non-negative integer (at most {MAX_GROUP})")
+        return value
+
     def count(self, key: str) -> int | None:
         value = self.opt_int(key)
         if value is not None and value < 0:
@@ -128,7 +158,7 @@ class _Reader:
 
     def _parse_address(self, key: str, text: str) -> PciAddress:
         try:
-            return PciAddress.parse(text)
+            return _address(text)
         except InputError as exc:
             raise InputError(f"{self.where} {key!r}: {exc.message}") from None
 
@@ -160,9 +190,9 @@ def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
         class_code=r.hex("class", 6),
         header=header,
         multifunction=r.flag("multifunction"),
-        driver=r.opt_text("driver"),
-        driver_override=r.opt_text("driver_override"),
-        iommu_group=r.opt_int("iommu_group"),
+        driver=r.driver("driver"),
+        driver_override=r.driver("driver_override"),
+        iommu_group=r.group("iommu_group"),
         parent=r.opt_address("parent"),
         boot_vga=r.flag("boot_vga"),
         physfn=r.opt_address("physfn"),
@@ -183,7 +213,7 @@ def _finding_from_json(obj: object, index: int) -> Finding:
         use = UseCode(code)
     except ValueError:
         raise InputError(f"{r.where}: unknown code {code!r}") from None
-    return Finding(r.address("address"), use, r.text("subject"), r.text("message"))
+    return Finding(r.address("address"), use, r.line("subject"), r.line("message"))
 
 
 def from_json(doc: object, source: str = "") -> HostTopology:
@@ -202,9 +232,9 @@ def from_json(doc: object, source: str = "") -> HostTopology:
     groups = []
     for i, g in enumerate(r.items("groups")):
         gr = _Reader(g, f"groups[{i}]")
-        number = gr.opt_int("group")
-        if number is None or number < 0:
-            raise InputError(f"{gr.where}: 'group' must be a non-negative integer")
+        number = gr.group("group")
+        if number is None:
+            raise InputError(f"{gr.where}: 'group' must be a non-negative integer (at most {MAX_GROUP})")
         members = tuple(
             gr._parse_address("members", m) if isinstance(m, str) else _bad(gr.where) for m in gr.items("members")
         )
@@ -252,18 +282,43 @@ def _check_consistent(topology: HostTopology, where: str) -> None:
             raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which does not list it")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> PciAddress:
+    """Each address of a snapshot is written up to four times (the function, its group, its children's parent,
+    a VF's physfn): parsed once. Cached across loads too; a PciAddress is immutable."""
+    return PciAddress.parse(text)
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def _number(text: str) -> int:
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise InputError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def loads(data: bytes, source: str) -> HostTopology:
+    """The snapshot in `data`; InputError (one line naming `source`) for anything else."""
+    try:
+        doc = json.loads(data, parse_int=_number)
+    except RecursionError:
+        raise InputError(f"host snapshot {source} is nested too deeply to be a snapshot") from None
+    except InputError as exc:
+        raise InputError(f"host snapshot {source} is not a snapshot: {exc.message}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"host snapshot {source} is not valid JSON: {exc}") from None
+    return from_json(doc, source=source)
+
+
 def load(path: Path) -> HostTopology:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SNAPSHOT_BYTES + 1)
-    except OSError as exc:
+        data = read_regular(path, MAX_SNAPSHOT_BYTES)
+    except FileRefused as exc:
+        if exc.errno == errno.EFBIG:
+            raise InputError(f"host snapshot {path} is {exc.strerror}") from None
         raise InputError(f"cannot read host snapshot {path}: {exc.strerror}") from None
-    if len(data) > MAX_SNAPSHOT_BYTES:
-        raise InputError(f"host snapshot {path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise InputError(f"host snapshot {path} is nested too deeply to be a snapshot") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"host snapshot {path} is not valid JSON: {exc}") from None
-    return from_json(doc, source=str(path))
+    except OSError as exc:
+        raise InputError(f"cannot read host snapshot {path}: {exc.strerror or exc}") from None
+    return loads(data, str(path))
