@@ -12,9 +12,6 @@ from functools import cached_property
 
 from isogroup.core.address import PciAddress
 
-PCI_CLASS_DISPLAY_VGA = 0x0300
-PCI_CLASS_BRIDGE_HOST = 0x0600
-
 
 class UseCode(StrEnum):
     """What a host-use probe found a function doing for the host. Stable: JSON reports and policies name them.
