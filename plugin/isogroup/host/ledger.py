@@ -254,6 +254,8 @@ class Ledger:
         claims_dir = self.dir / CLAIMS
         if "/" in text and os.path.abspath(os.path.dirname(text)) != os.path.abspath(claims_dir):
             raise InputError(f"{printable(text)} is not in {claims_dir}: give a file 'isogroup status' lists")
+        if not os.path.lexists(claims_dir):  # nothing to forget: never create a ledger for it
+            raise InputError(f"{printable(text)} does not exist: {claims_dir} has no claims")
         with self.locked() as session:
             return session.forget(os.path.basename(text))
 
