@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "recover",
-        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim",
+        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim "
+        "(corrupt claims are listed, never acted on: see 'forget'; exit 4 while one exists)",
     )
     _add_state_options(p, sysfs=True)
     p.add_argument("--domain", action="append", metavar="NAME", help="release this guest's claim (repeatable)")

@@ -55,6 +55,9 @@ def check_depth(data: bytes, max_depth: int) -> None:
     """Refuse nesting deeper than `max_depth` (or brackets that do not pair up) without recursing: strip the
     strings, keep only the brackets, then remove innermost pairs `max_depth` times; anything left is too deep."""
     skeleton = _NOT_BRACKET.sub(b"", _STRING.sub(b"", data))
+    opens = skeleton.count(b"[") + skeleton.count(b"{")
+    if opens * 2 != len(skeleton):  # cheap first: a megabyte of "[" is refused without a pass per level
+        raise JsonRefused("unbalanced brackets")
     for _ in range(max_depth):
         if not skeleton:
             return
