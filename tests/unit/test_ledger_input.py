@@ -454,3 +454,31 @@ def test_a_hostile_file_name_cannot_forge_output_lines(tmp_path: Path) -> None:
     with pytest.raises(StateError) as caught:
         ledger.read_all_unlocked()
     assert "\n" not in str(caught.value) and "\\n" in str(caught.value)
+
+
+def _hold_then_swap_directory(directory: str, held: Any) -> None:
+    """Hold the lock, then move the whole ledger away and put a new one (with one claim) in its place."""
+    with Ledger(directory).locked():
+        held.set()
+        time.sleep(0.5)
+        os.rename(directory, directory + ".old")
+        os.mkdir(directory, 0o700)
+        os.mkdir(os.path.join(directory, "claims"), 0o700)
+        with open(os.path.join(directory, "claims", claim_filename("new")), "w") as f:
+            json.dump(_doc(domain="new"), f)
+
+
+def test_a_run_that_waited_for_a_directory_since_replaced_locks_the_new_one(tmp_path: Path) -> None:
+    ledger = ready(tmp_path)
+    with ledger.locked() as session:
+        session.write(claim("old"))
+    ctx = multiprocessing.get_context("fork")
+    held = ctx.Event()
+    proc = ctx.Process(target=_hold_then_swap_directory, args=(str(tmp_path / "run"), held))
+    proc.start()
+    try:
+        assert held.wait(10)
+        with Ledger(tmp_path / "run", lock_timeout=10).locked() as session:
+            assert [c.domain for c in session.claims()] == ["new"]  # not the directory it first opened
+    finally:
+        proc.join(10)
