@@ -1,5 +1,5 @@
 """The commands that need no libvirt: check, groups, explain, snapshot, install-hook, uninstall-hook, status,
-recover. Each takes the parsed arguments and returns an exit code; errors are raised, and mapped to exit codes
+recover, forget. Each takes the parsed arguments and returns an exit code; errors are raised, and mapped to exit codes
 in one place (`cli.main`)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from isogroup.formats import policyfile, snapshot
 from isogroup.formats.schema import find_domain_schema
 from isogroup.hook.install import install_hook, uninstall_hook
 from isogroup.host.hostscan import read_topology
-from isogroup.host.ledger import Ledger, claim_to_json
-from isogroup.log import to_syslog
+from isogroup.host.ledger import CorruptClaim, Ledger, claim_to_json
+from isogroup.log import log, to_syslog
 from isogroup.paths import DEFAULT_POLICY
 
 
@@ -129,20 +129,50 @@ def cmd_status(args: argparse.Namespace) -> int:
         return cli_libvirt.status(args)
     if args.connect is not None or args.status_dir is not None:
         raise InputError("-c/--connect and --status-dir compare with libvirt: use them with --libvirt")
-    claims = Ledger(args.ledger).read_all_unlocked()
+    view = Ledger(args.ledger).read_unlocked()
     if args.format == "json":
-        sys.stdout.write(report.dumps([claim_to_json(c) for c in claims]))
+        doc = [claim_to_json(c) for c in view.claims] + [_corrupt_to_json(c) for c in view.corrupt]
+        sys.stdout.write(report.dumps(doc))
     else:
-        sys.stdout.write(report.claims_to_text(claims))
-    return ExitCode.OK
+        if view.claims or not view.corrupt:
+            sys.stdout.write(report.claims_to_text(view.claims))
+        sys.stdout.write(_corrupt_to_text(view.corrupt))
+    # A corrupt claim makes the ledger unusable for starts: say so in the exit code too.
+    return ExitCode.STATE if view.corrupt else ExitCode.OK
+
+
+def _corrupt_to_json(corrupt: CorruptClaim) -> dict[str, object]:
+    """A corrupt claim among `status --format json`'s claims: it has `corrupt` where a claim has `domain`."""
+    return {"corrupt": corrupt.reason, "file": corrupt.path, "clear": corrupt.forget_command}
+
+
+def _corrupt_to_text(corrupt: tuple[CorruptClaim, ...]) -> str:
+    return "".join(
+        f"corrupt claim {c}\n  nobody knows which IOMMU groups it held, so every guest start is refused: check its "
+        f"devices ('isogroup groups'), put them back, then run '{c.forget_command}'\n"
+        for c in corrupt
+    )
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     to_syslog()
-    host = Context(kernel(args), Ledger(args.ledger))
-    left = recover(host, set(args.domain) if args.domain else None)
-    sys.stdout.write(report.claims_to_text(left))
-    return ExitCode.OK if not any(c.phase is Phase.FAILED for c in left) else ExitCode.HOST
+    ledger = Ledger(args.ledger)
+    left = recover(Context(kernel(args), ledger), set(args.domain) if args.domain else None)
+    corrupt = ledger.read_unlocked().corrupt  # recover leaves these alone: nobody knows what they held
+    if left or not corrupt:
+        sys.stdout.write(report.claims_to_text(left))
+    sys.stdout.write(_corrupt_to_text(corrupt))
+    if any(c.phase is Phase.FAILED for c in left):
+        return ExitCode.HOST
+    return ExitCode.STATE if corrupt else ExitCode.OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    to_syslog()
+    forgotten = Ledger(args.ledger).forget(args.file)
+    log.warning("forgot the corrupt claim %s", forgotten)
+    sys.stderr.write(f"removed the corrupt claim {forgotten}\n")
+    return ExitCode.OK
 
 
 def cmd_attach_device(args: argparse.Namespace) -> int:

@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR, metavar="DIR")
     p.set_defaults(func=commands.cmd_uninstall_hook)
 
-    p = sub.add_parser("status", help="which guests hold which groups, and every device moved")
+    p = sub.add_parser(
+        "status",
+        help="which guests hold which groups, every device moved, and every corrupt claim (exit 4 if any)",
+    )
     _add_state_options(p, sysfs=False)
     _add_format(p)
     p.add_argument(
@@ -175,11 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "recover",
-        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim",
+        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim "
+        "(corrupt claims are listed, never acted on: see 'forget'; exit 4 while one exists)",
     )
     _add_state_options(p, sysfs=True)
     p.add_argument("--domain", action="append", metavar="NAME", help="release this guest's claim (repeatable)")
     p.set_defaults(func=commands.cmd_recover)
+
+    p = sub.add_parser(
+        "forget",
+        help="remove a corrupt claim file that 'isogroup status' lists, once you have put its devices right",
+        description="A corrupt claim file (unreadable, or not what isogroup writes) may have held any IOMMU group, "
+        "so while one exists every guest start is refused. Check the devices it may have moved ('isogroup groups', "
+        "'lspci -k': a device left on vfio-pci by a guest that is gone), give them back to their drivers, then "
+        "remove the file with this command. A readable claim is refused: 'isogroup recover --domain NAME' restores "
+        "its devices. Exit 0 removed, 2 not a corrupt claim file, 4 the ledger is unusable.",
+    )
+    p.add_argument("file", metavar="FILE", help="the corrupt claim's path as 'isogroup status' prints it")
+    _add_state_options(p, sysfs=False)
+    p.set_defaults(func=commands.cmd_forget)
     return parser
 
 

@@ -23,7 +23,7 @@ from isogroup.core.address import PciAddress
 from isogroup.core.claims import GroupHolders
 from isogroup.core.domain import DomainSpec, PciRequest, Source
 from isogroup.core.drivers import is_vfio_driver, is_viable_driver
-from isogroup.core.model import PCI_CLASS_DISPLAY_VGA, HostTopology, IommuGroup, PciFunction
+from isogroup.core.model import HostTopology, IommuGroup, PciFunction
 from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT, Policy
@@ -32,6 +32,8 @@ from isogroup.core.policy import DEFAULT, Policy
 INVENTORY_DOMAIN = "isogroup-inventory"
 
 _CLASS_BASE_BRIDGE = 0x06  # host, ISA, PCI bridges: platform plumbing, never something a guest asks for
+
+_PCI_BASE_CLASS_DISPLAY = 0x03  # display controllers (VGA, 3D, ...): a group's GPU is what a guest asks for
 
 
 class Reason(StrEnum):
@@ -94,7 +96,7 @@ def requestable_device(host: HostTopology, group: IommuGroup) -> PciFunction | N
     companions), else the lowest-addressed endpoint that is not platform plumbing."""
     funcs = [f for a in group.members if (f := host.function(a)) is not None]
     candidates = [f for f in funcs if not f.is_bridge and f.class_code >> 16 != _CLASS_BASE_BRIDGE]
-    candidates.sort(key=lambda f: (f.class_code >> 16 != PCI_CLASS_DISPLAY_VGA >> 8, f.address))
+    candidates.sort(key=lambda f: (f.class_code >> 16 != _PCI_BASE_CLASS_DISPLAY, f.address))
     return candidates[0] if candidates else None
 
 
