@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
+from isogroup.core.drivers import DRIVER_NAME
 from isogroup.errors import InputError, StateError
 from isogroup.formats import jsondoc
 
@@ -27,9 +28,6 @@ MAX_GROUP = 2**31 - 1  # the kernel numbers IOMMU groups with an int (drivers/io
 
 _KEYS = frozenset({"version", "domain", "uuid", "phase", "groups", "devices", "updated"})
 _DEVICE_KEYS = frozenset({"address", "group", "original_driver", "original_override", "state"})
-# A driver's name is a directory under /sys/bus/pci/drivers and goes into paths like drivers/NAME/bind: no
-# slash, never `.` or `..`, nothing a kernel driver is not called (snd_hda_intel, ehci-pci, mlx5_core...).
-DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 # libvirt's virUUIDParse (src/util/viruuid.c): 16 pairs of hex digits, '-' or ' ' allowed between them.
 _UUID = re.compile(r"(?:[- ]*[0-9A-Fa-f]{2}){16}")
 _MAX_UUID_CHARS = 64

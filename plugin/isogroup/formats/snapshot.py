@@ -14,22 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from isogroup.core.address import PciAddress
+from isogroup.core.drivers import DRIVER_NAME
 from isogroup.core.model import Finding, Header, HostTopology, IommuGroup, PciFunction, UseCode
 from isogroup.errors import InputError
 from isogroup.files import FileRefused, read_regular
+from isogroup.formats import jsondoc
 
 FORMAT = "isogroup-host"
 VERSION = 2  # 2 added config-space capabilities (PCIe port type, ACS) and host-use findings
 READABLE_VERSIONS = (1, 2)
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
-# No field of a snapshot is wider than 32 bits; a longer number is an attack on int(), not a value (Python
-# refuses to convert more than 4,300 digits with a ValueError json does not wrap).
-_MAX_NUMBER_CHARS = 24
+# A snapshot is an object of lists of flat objects (a finding's or a function's lists nest one level more).
+MAX_DEPTH = 5
 MAX_GROUP = 2**31 - 1  # the kernel numbers IOMMU groups with an int (drivers/iommu/iommu.c, ida_alloc)
 MAX_TEXT = 4096  # a finding's subject or message is a line of text
-# A driver's name is a directory under /sys/bus/pci/drivers (snd_hda_intel, ehci-pci, mlx5_core...) and goes
-# into sysfs paths and report lines: no slash, no space, no control character, never `.` or `..`.
-DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def _function_to_json(f: PciFunction) -> dict[str, Any]:
@@ -293,22 +291,12 @@ def _shown(text: str) -> str:
     return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
-def _number(text: str) -> int:
-    if len(text) > _MAX_NUMBER_CHARS:
-        raise InputError(f"a number of {len(text)} digits")
-    return int(text)
-
-
 def loads(data: bytes, source: str) -> HostTopology:
     """The snapshot in `data`; InputError (one line naming `source`) for anything else."""
     try:
-        doc = json.loads(data, parse_int=_number)
-    except RecursionError:
-        raise InputError(f"host snapshot {source} is nested too deeply to be a snapshot") from None
-    except InputError as exc:
-        raise InputError(f"host snapshot {source} is not a snapshot: {exc.message}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"host snapshot {source} is not valid JSON: {exc}") from None
+        doc = jsondoc.loads(data, max_depth=MAX_DEPTH)
+    except jsondoc.JsonRefused as exc:
+        raise InputError(f"host snapshot {source} is not valid JSON (as a snapshot takes it): {exc}") from None
     return from_json(doc, source=source)
 
 
