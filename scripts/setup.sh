@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything isogroup needs on a Debian 12 machine, into the system (apt) and into ./.venv (pip).
 #   scripts/setup.sh          runtime: libvirt-python's build deps, lxml, pyudev, isogroup itself
-#   scripts/setup.sh --test   also the test tools and the real-kernel test bed (QEMU, busybox, a kernel)
+#   scripts/setup.sh --test   also the test tools, the real-kernel test bed (QEMU, busybox, a kernel) and the
+#                             tools that build and test the Debian package (debhelper, lintian, mmdebstrap)
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,8 @@ apt_pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev libvirt0)
 if [ "$want_test" -eq 1 ]; then
     # shellcheck source=scripts/vm-packages.txt
     mapfile -t vm_pkgs < <(grep -v '^#' scripts/vm-packages.txt | grep -v '^$')
-    apt_pkgs+=("${vm_pkgs[@]}")
+    mapfile -t deb_pkgs < <(grep -v '^#' scripts/deb-packages.txt | grep -v '^$')
+    apt_pkgs+=("${vm_pkgs[@]}" "${deb_pkgs[@]}")
 fi
 
 missing=()
@@ -41,6 +43,15 @@ PY=${PYTHON:-python3}
 if [ "$want_test" -eq 1 ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     tests/vm/fetch-kernel.sh
+    # OpenStack nova's own device_spec parser checks `isogroup inventory --format nova` (tests/unit/
+    # test_nova_devspec.py). Its own venv: about 150 packages, never a dependency of isogroup. Pinned to the
+    # versions that install and import here without a cloud (nova 34.0.0 = 2025.2 "Flamingo").
+    if [ ! -x .cache/nova-venv/bin/python ] || ! .cache/nova-venv/bin/python -c 'import nova.pci.whitelist' 2>/dev/null; then
+        "$PY" -m venv .cache/nova-venv
+        .cache/nova-venv/bin/python -m pip install -q --disable-pip-version-check \
+            nova==34.0.0 oslo.config==10.7.0 oslo.utils==10.2.0 oslo.serialization==5.11.0 oslo.log==8.3.2 \
+            oslo.i18n==6.9.0 os-traits==3.9.0 os-resource-classes==1.1.0 eventlet==0.41.3
+    fi
 else
     .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi

@@ -1,4 +1,4 @@
-"""Shared test setup: the `--regen-golden` switch and where the sample data live."""
+"""Shared test setup: the `--regen-golden` switch, where the sample data live, and the `needs_install` marker."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ci import missing_install
 from testpaths import SAMPLES
 
 
@@ -16,6 +17,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite xml-samples/expected/ from the current output instead of comparing against it",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs_install(installed, reason): skip when not installed, but fail in CI (tests/ci.py)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_install"):
+        if not mark.args[0]:
+            missing_install(mark.kwargs["reason"])
 
 
 @pytest.fixture

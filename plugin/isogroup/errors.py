@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
@@ -14,6 +15,16 @@ class ExitCode(IntEnum):
     INPUT = 2  # bad input or usage: malformed XML, unknown address, invalid snapshot or policy
     HOST = 3  # the host did not do what was asked (a sysfs write failed); everything was rolled back
     STATE = 4  # the ledger is unreadable, locked too long, or disagrees with itself
+    SOFTWARE = 70  # an isogroup bug (os.EX_SOFTWARE); the hook refuses the start rather than run unprotected
+    INTERRUPTED = 130  # interrupted by the user (SIGINT), as shells report it
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where in which input an error is: a file (or "domain 'x' XML") and, where known, the line."""
+
+    file: str
+    line: int | None = None
 
 
 class IsogroupError(Exception):
@@ -21,13 +32,18 @@ class IsogroupError(Exception):
 
     exit_code: ClassVar[ExitCode] = ExitCode.HOST
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, origin: Origin | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.origin = origin
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def line(self) -> str:
+        """The one line a person reads: on the CLI's stderr, and in virsh's "Hook script execution failed"."""
+        return f"isogroup: {self}"
 
 
 class InputError(IsogroupError, ValueError):
@@ -37,9 +53,21 @@ class InputError(IsogroupError, ValueError):
 
 
 class RefusedError(IsogroupError):
-    """Starting the guest would break isolation; nothing was changed."""
+    """Starting the guest would break isolation; nothing was changed. `codes` are the plan's problem codes
+    (`ProblemCode` values, stable), so a caller can tell a group held by another guest from a missing device
+    without parsing the message."""
 
     exit_code = ExitCode.REFUSED
+
+    def __init__(
+        self, message: str, *, domain: str | None = None, codes: tuple[str, ...] = (), hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.domain = domain
+        self.codes = codes
+
+    def line(self) -> str:
+        return f"isogroup refused '{self.domain}': {self}" if self.domain is not None else f"isogroup refused: {self}"
 
 
 class HostError(IsogroupError, OSError):

@@ -15,11 +15,14 @@ FIGURES: list[str] = []  # printed by conftest's terminal summary
 
 @pytest.mark.parametrize(
     ("script", "must_print"),
-    [("bench_check.py", "ratio 4096/1024"), ("bench_hook.py", "fast-path ratio")],
+    [("bench_check.py", "ratio 4096/1024"), ("bench_hook.py", "fast-path ratio"), ("bench_fleet.py", "fleet check")],
 )
 def test_benchmark_runs_and_reports(script: str, must_print: str) -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--repeat", "5"], capture_output=True, text=True, check=False
+        [sys.executable, str(BENCHMARKS / script), "--repeat", "1" if script == "bench_fleet.py" else "5"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert must_print in done.stdout

@@ -1,13 +1,15 @@
 """Shared scenery for the transaction and hook tests: a desktop host on the simulated kernel, libvirt's own
-device handling (as virpci.c does it), and a digest of a whole tree for "nothing changed" assertions."""
+device handling (as virpci.c does it), and digests of a whole tree (and of what the
+simulated kernel shows) for "nothing changed" assertions."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
-from fakes.simkernel import SimKernel, make_function, make_topology
+from fakes.simkernel import SIM_DIR, SimKernel, make_function, make_topology
 from isogroup.apply.transaction import Context
 from isogroup.core.address import PciAddress
 from isogroup.core.model import Header, HostTopology
@@ -125,14 +127,17 @@ def libvirt_reattach(sim: SimKernel, address: PciAddress) -> None:
     sim.write("bus/pci/drivers_probe", str(address))
 
 
-def tree_digest(*roots: Path) -> dict[str, str]:
-    """Every file's bytes and every link's target under the roots: equal digests mean nothing changed."""
+def tree_digest(*roots: Path, leave_out: Collection[Path] = ()) -> dict[str, str]:
+    """Every file's bytes, every link's target and every directory's mode under the roots (but not under
+    `leave_out`): equal digests mean nothing changed. Reads the files directly, through no code under test."""
+    skipped = {str(p) for p in leave_out}
     out: dict[str, str] = {}
     for root in roots:
         if not root.exists():
             out[str(root)] = "(absent)"
             continue
         for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if str(Path(dirpath, d)) not in skipped]
             for name in sorted(dirnames + filenames):
                 path = Path(dirpath, name)
                 if path.is_symlink():
@@ -142,6 +147,15 @@ def tree_digest(*roots: Path) -> dict[str, str]:
                 else:
                     out[str(path)] = "dir %o" % (path.stat().st_mode & 0o7777)
     return out
+
+
+def kernel_digest(sim: SimKernel) -> dict[str, str]:
+    """What the simulated kernel shows, byte for byte: the whole sysfs tree and the /dev/vfio nodes, without the
+    simulation's bookkeeping (its record, the write log and counters in .sim/). For "nothing changed" after a
+    change was rolled back: the writes are in the log, but every attribute and link must be as it was. Keys are
+    relative to the root, so two trees compare too (`kernel_digest(sim) == kernel_digest(fresh)`)."""
+    shown = tree_digest(sim.root, leave_out=(sim.root / SIM_DIR,)) | tree_digest(sim.devfs)
+    return {os.path.relpath(path, sim.root): value for path, value in shown.items()}
 
 
 def drivers(sim: SimKernel) -> dict[PciAddress, str | None]:

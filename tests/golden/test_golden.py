@@ -9,14 +9,19 @@ from __future__ import annotations
 import difflib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from isogroup.cli.main import main
+from isogroup.core import report
+from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
+from isogroup.core.model import HostTopology
 from isogroup.core.plan import Action, ProblemCode
+from isogroup.core.planner import plan as plan_domain
+from isogroup.formats import snapshot
 from isogroup.formats.domainxml import parse_domain
 from testpaths import SAMPLES
 
@@ -129,6 +134,8 @@ def test_no_orphan_files() -> None:
     on_disk = {p for p in SAMPLES.rglob("*") if p.is_file() and "libvirt" not in p.relative_to(SAMPLES).parts}
     # expected/explain-* are `explain`'s golden files: tests/unit/test_explain.py owns them and checks for orphans.
     on_disk -= set(EXPECTED.glob("explain-*"))
+    # expected/inventory-* are `inventory`'s: tests/golden/test_inventory_golden.py owns them and checks for orphans.
+    on_disk -= set(EXPECTED.glob("inventory-*"))
     orphans = sorted(str(p.relative_to(SAMPLES)) for p in on_disk - used)
     assert not orphans, f"files in xml-samples/ that no case uses: {orphans}"
 
@@ -153,3 +160,20 @@ def test_every_action_has_a_golden_case(action: Action) -> None:
 def test_every_problem_code_has_a_golden_case(code: ProblemCode) -> None:
     _, codes = _golden_values()
     assert code.value in codes, f"no golden case shows problem {code.value!r}: add one to cases.toml"
+
+
+def test_text_reports_escape_what_they_did_not_write() -> None:
+    """A driver name, a finding or a guest's name with a newline or an escape sequence stays on its line:
+    nobody can forge report lines or drive the terminal through a snapshot, a ledger or a domain."""
+    host = snapshot.load(SAMPLES / "hosts" / "desktop-gpu.json")
+    evil = "nvidia\n  problem [x]: forged\x1b[2J"
+    forged = HostTopology.build(host.iommu, [replace(f, driver=evil) for f in host.functions], host.groups)
+    text = report.groups_to_text(forged)
+    assert text.count("\n") == report.groups_to_text(host).count("\n")
+    assert "nvidia\\n  problem [x]: forged\\x1b[2J" in text and "\x1b" not in text
+    moved = MovedDevice(host.functions[0].address, 1, evil, None, DeviceState.MOVED)
+    claims = report.claims_to_text([Claim("w\r\nguest 'x': active", Phase.ACTIVE, (1,), (moved,))])
+    assert claims.count("\n") == 2 and "w\\r\\nguest" in claims
+    domain = parse_domain((SAMPLES / "domains" / "desktop-gpu.xml").read_bytes())
+    bad = report.plans_to_text([plan_domain(domain, forged)])
+    assert "\n  problem [x]: forged" not in bad and "forged\\x1b[2J" in bad and "\x1b" not in bad

@@ -263,6 +263,9 @@ def write_sysfs(root: Path, topo: HostTopology) -> None:
         (d / "vendor").write_text(f"0x{func.vendor:04x}\n")
         (d / "device").write_text(f"0x{func.device:04x}\n")
         (d / "class").write_text(f"0x{func.class_code:06x}\n")
+        if func.subsystem is not None:
+            (d / "subsystem_vendor").write_text(f"0x{func.subsystem[0]:04x}\n")
+            (d / "subsystem_device").write_text(f"0x{func.subsystem[1]:04x}\n")
         (d / "config").write_bytes(config_space(func))  # capabilities too, when the topology knows them
         (d / "driver_override").write_text(f"{func.driver_override or '(null)'}\n")
         if func.class_code >> 16 == 0x03:

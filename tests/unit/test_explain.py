@@ -1,4 +1,4 @@
-"""`isogroup explain`: the kernel's grouping rules replayed on the host model (plugin/isogroup/explain.py).
+"""`isogroup explain`: the kernel's grouping rules replayed on the host model (plugin/isogroup/core/explain/).
 
 Every group of every sample host must come out as the kernel formed it; then each rule is shown to matter by
 changing one fact and watching the prediction part from the kernel's group (a model that always agreed would
@@ -19,7 +19,7 @@ import pytest
 from fakes.simkernel import SimKernel, make_function, make_topology
 from isogroup.cli.main import main
 from isogroup.core.address import PciAddress
-from isogroup.core.explain import Agreement, Explanation, SplitKind, explain, predicted_groups, to_json, to_text
+from isogroup.core.explain import Explanation, Prediction, SplitKind, explain, predicted_groups, to_json, to_text
 from isogroup.core.kernel import configspace as cs
 from isogroup.core.kernel import quirks
 from isogroup.core.model import Header, HostTopology, PciFunction
@@ -90,7 +90,7 @@ def test_every_group_of_every_sample_host_is_the_kernels(path: Path) -> None:
     for group in host.groups:
         for member in group.members:
             e = explain(host, member)
-            assert (e.agreement, e.predicted, e.difference) == (Agreement.SAME, group.members, None), member
+            assert (e.agreement, e.predicted, e.difference) == (Prediction.SAME, group.members, None), member
 
 
 def test_samples_know_their_config_space() -> None:
@@ -107,14 +107,14 @@ def test_vtd_off_predicts_what_vtd_on_forms() -> None:
     igpu = addr("00:02.0")
     assert sorted([*kernel_groups(on), (igpu,)]) == predicted_groups(off)
     e = why(off, "01:00.0")
-    assert e.agreement is Agreement.NO_IOMMU
+    assert e.agreement is Prediction.NO_IOMMU
     assert e.predicted == (addr("00:01.0"), addr("01:00.0"), addr("01:00.1"))
     assert [s.kind for s in e.splits] == [SplitKind.ENABLE_IOMMU]
 
 
 def test_a_device_without_a_group() -> None:
     e = why(load("desktop-gpu"), "00:02.0")
-    assert (e.agreement, e.kernel_group, e.kernel_members) == (Agreement.NO_GROUP, None, ())
+    assert (e.agreement, e.kernel_group, e.kernel_members) == (Prediction.NO_GROUP, None, ())
     assert e.predicted == (addr("00:02.0"),)
     assert [s.kind for s in e.splits] == [SplitKind.ENABLE_IOMMU]
 
@@ -133,7 +133,7 @@ def test_unknown_acs_is_inferred_from_the_kernels_groups(path: Path) -> None:
     assert predicted_groups(host) == kernel_groups(host)
     for func in host.functions:
         if func.iommu_group is not None:
-            assert why(host, str(func.address)).agreement is Agreement.SAME
+            assert why(host, str(func.address)).agreement is Prediction.SAME
 
 
 def test_unknown_acs_is_said_plainly() -> None:
@@ -163,7 +163,7 @@ def test_unknown_acs_without_an_iommu_is_assumed() -> None:
 def test_a_port_with_acs_would_keep_the_gpu_apart() -> None:
     host = change(load("desktop-gpu"), "00:01.0", acs_cap=0x001F, acs_ctrl=0x001D)
     e = why(host, "01:00.0")
-    assert e.agreement is Agreement.DIFFERENT
+    assert e.agreement is Prediction.DIFFERENT
     assert e.predicted == (addr("01:00.0"), addr("01:00.1"))  # the functions still share: no ACS between them
     assert e.difference is not None
     assert "the kernel also put 0000:00:01.0 in it, which explain's rules keep apart" in e.difference
@@ -175,7 +175,7 @@ def test_acs_controls_that_are_off_do_not_isolate() -> None:
     host = change(load("server-sriov"), "3a:00.0", acs_ctrl=0x000D)  # UF off
     e = why(host, "3b:02.0")
     assert "UF not enabled: does not isolate" in steps(e)
-    assert len(e.predicted) == 7 and e.agreement is Agreement.DIFFERENT  # the port, both PFs, four VFs
+    assert len(e.predicted) == 7 and e.agreement is Prediction.DIFFERENT  # the port, both PFs, four VFs
     enable = [s for s in e.splits if s.kind is SplitKind.ENABLE_ACS]
     assert len(enable) == 1 and enable[0].ports == (addr("3a:00.0"),)
     assert "config_acs=" in enable[0].text
@@ -199,14 +199,14 @@ def test_the_sunrise_point_quirk_needs_the_capability() -> None:
     assert "Intel Sunrise Point ACS quirk treats it as isolating" in steps(why(host, "00:1c.4"))
     e = why(change(host, "00:1c.4", acs_cap=None, acs_ctrl=None), "03:00.0")
     assert e.predicted == (addr("00:1c.4"), addr("03:00.0"))
-    assert e.agreement is Agreement.DIFFERENT
+    assert e.agreement is Prediction.DIFFERENT
 
 
 def test_the_intel_pch_quirk_goes_by_device_id() -> None:
     host = load("pci-bridge")
     assert "the kernel's Intel PCH ACS quirk treats it as isolating" in steps(why(host, "04:00.0"))
     e = why(change(host, "00:1c.3", device=0x8C97), "05:00.0")  # odd IDs are not in the 9-series list
-    assert addr("00:1c.3") in e.predicted and e.agreement is Agreement.DIFFERENT
+    assert addr("00:1c.3") in e.predicted and e.agreement is Prediction.DIFFERENT
 
 
 def test_the_intel_rciep_quirk_splits_integrated_functions() -> None:
@@ -214,7 +214,7 @@ def test_the_intel_rciep_quirk_splits_integrated_functions() -> None:
     for function in ("00:14.0", "00:14.2", "00:14.3"):
         host = change(host, function, pcie_type=cs.PCIE_RC_INTEGRATED_ENDPOINT)
     e = why(host, "00:14.3")
-    assert e.predicted == (addr("00:14.3"),) and e.agreement is Agreement.DIFFERENT
+    assert e.predicted == (addr("00:14.3"),) and e.agreement is Prediction.DIFFERENT
     assert "Intel RCiEP ACS quirk treats it as isolating" in steps(e)
 
 
@@ -222,7 +222,7 @@ def test_the_multifunction_quirk_keeps_the_i219_apart() -> None:
     host = load("desktop-gpu")
     assert why(host, "00:1f.6").predicted == (addr("00:1f.6"),)
     e = why(change(host, "00:1f.6", device=0x15B9), "00:1f.6")  # an ID the quirk does not list
-    assert len(e.predicted) == 5 and e.agreement is Agreement.DIFFERENT
+    assert len(e.predicted) == 5 and e.agreement is Prediction.DIFFERENT
 
 
 def test_a_dma_alias_holds_where_acs_would_separate() -> None:
@@ -230,12 +230,12 @@ def test_a_dma_alias_holds_where_acs_would_separate() -> None:
     for function in ("03:00.0", "03:00.1"):  # give both functions ACS: only the alias keeps them together
         host = change(host, function, acs_cap=0x0000, acs_ctrl=0x0000)
     e = why(host, "03:00.1")
-    assert (e.agreement, e.predicted) == (Agreement.SAME, (addr("03:00.0"), addr("03:00.1")))
+    assert (e.agreement, e.predicted) == (Prediction.SAME, (addr("03:00.0"), addr("03:00.1")))
     assert "it DMAs with the requester ID of 0000:03:00.0 (quirk_dma_func0_alias)" in steps(e)
     assert [s.kind for s in e.splits] == [SplitKind.CANNOT_SPLIT]
     assert "neither an ACS setting nor pcie_acs_override" in e.splits[0].text
     other = why(change(host, "03:00.1", device=0xE833), "03:00.1")  # no quirk: the functions part
-    assert other.predicted == (addr("03:00.1"),) and other.agreement is Agreement.DIFFERENT
+    assert other.predicted == (addr("03:00.1"),) and other.agreement is Prediction.DIFFERENT
 
 
 def _host(*functions: PciFunction, iommu: bool = True) -> HostTopology:
@@ -260,7 +260,7 @@ def test_a_ghost_requester_is_named() -> None:
     )
     e = why(host, "02:00.0")
     assert "1 devfn(s) on its bus where no function exists (a ghost requester)" in steps(e)
-    assert e.agreement is Agreement.SAME
+    assert e.agreement is Prediction.SAME
 
 
 def test_a_plx_ntb_aliases_its_whole_bus() -> None:
@@ -313,7 +313,7 @@ def test_conventional_bridges_alias_to_the_nearest_one() -> None:
     )
     e = why(host, "03:01.0")
     assert "0000:02:01.0 [8086:1234] is a conventional PCI bridge" in steps(e)
-    assert e.agreement is Agreement.SAME
+    assert e.agreement is Prediction.SAME
     assert [s.kind for s in e.splits] == [SplitKind.CANNOT_SPLIT]
 
 

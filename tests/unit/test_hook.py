@@ -36,7 +36,7 @@ PLAIN = (
 
 def call(host: Context, name: str, op: str, sub: str, xml: bytes, extra: str = "-") -> int:
     """The slow path with the simulated kernel injected (the seams are parameters, not globals)."""
-    return hook.run(name, op, sub, extra, xml, ledger_dir="", sysfs_root="", host=host)
+    return hook.run(name, op, sub, extra, xml, ledger_dir="", sysfs_root="", ctx=host)
 
 
 def test_the_whole_lifecycle_through_the_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,11 +164,11 @@ def test_install_never_overwrites_a_foreign_hook_and_uninstall_removes_only_ours
     hooks = tmp_path / "hooks"
     (hooks / "qemu.d").mkdir(parents=True)
     (hooks / "qemu").write_text("#!/bin/sh\nexit 0\n")
-    installed = install_hook(hooks, python="/usr/bin/python3")
+    installed = install_hook(hooks, python=sys.executable)
     assert not installed.first_hook  # a qemu hook existed: no restart needed
     assert (hooks / "qemu").read_text() == "#!/bin/sh\nexit 0\n"
     assert os.access(installed.path, os.X_OK) and MARKER in installed.path.read_text()
-    install_hook(hooks, python="/usr/bin/python3")  # reinstalling our own is fine
+    install_hook(hooks, python=sys.executable)  # reinstalling our own is fine
     installed.path.write_text("#!/bin/sh\n# someone else's\n")
     with pytest.raises(Exception, match="not installed by isogroup"):
         install_hook(hooks)

@@ -1,6 +1,6 @@
 """The package's folders are its layers, and each imports only the layers below it:
 
-    base (errors, paths, files, logsetup) <- core <- formats <- host <- libvirt <- apply <- hook <- cli
+    base (errors, paths, files, limits, log) <- core <- formats <- host <- libvirt <- apply <- hook <- cli
 
 A reader who opens `core/` knows nothing there touches the host; one who opens `apply/` finds the one place
 where devices move. These tests read the sources (every import, lazy ones in functions included) and fail on an
@@ -19,7 +19,7 @@ import pytest
 from testpaths import PLUGIN
 
 LAYERS = ["base", "core", "formats", "host", "libvirt", "apply", "hook", "cli"]
-BASE = {"isogroup", "isogroup.errors", "isogroup.paths", "isogroup.files", "isogroup.logsetup"}
+BASE = {"isogroup", "isogroup.errors", "isogroup.paths", "isogroup.files", "isogroup.limits", "isogroup.log"}
 
 
 def _module_name(path: object) -> str:

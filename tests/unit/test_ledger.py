@@ -24,7 +24,7 @@ A = PciAddress(0, 1, 0, 1)
 
 def claim(domain: str = "guest") -> Claim:
     device = MovedDevice(A, 14, "snd_hda_intel", None, DeviceState.MOVED)
-    return Claim(domain, Phase.ACTIVE, (14,), (device,), uuid="u-1")
+    return Claim(domain, Phase.ACTIVE, (14,), (device,), uuid="4b20d080-1b54-4048-85b3-a6a62d165c01")
 
 
 @given(st.text(min_size=1, max_size=300))
@@ -58,11 +58,12 @@ def test_round_trip_and_remove(tmp_path: Path) -> None:
         written = session.write(claim())
         assert session.claim("guest") == written
         assert session.holders() == {14: "guest"}
-        assert ledger.has_claim("guest")
+        assert (tmp_path / "run" / "claims" / claim_filename("guest")).is_file()
         session.remove("guest")
         session.remove("guest")  # idempotent
         assert session.claim("guest") is None
-    assert not ledger.has_claim("guest")
+    assert not os.path.lexists(tmp_path / "run" / "claims" / claim_filename("guest"))
+    assert ledger.read_all_unlocked() == []
 
 
 def test_directory_is_private_and_files_root_only(tmp_path: Path) -> None:
@@ -106,8 +107,15 @@ def test_a_corrupt_claim_is_a_state_error_naming_the_file(tmp_path: Path) -> Non
     with ledger.locked():
         pass
     (tmp_path / "run" / "claims" / claim_filename("guest")).write_text("{half")
+    # Planning (holders) and the guest's own lookup refuse; listing the claims reports the file beside them.
     with pytest.raises(StateError, match=r"guest\.json is not valid JSON"), ledger.locked() as session:
-        session.claims()
+        session.holders()
+    with pytest.raises(StateError, match=r"guest\.json is not valid JSON"), ledger.locked() as session:
+        session.claim("guest")
+    with pytest.raises(StateError, match=r"guest\.json is not valid JSON"):
+        ledger.read_all_unlocked()
+    [corrupt] = ledger.read_unlocked().corrupt
+    assert corrupt.path == str(tmp_path / "run" / "claims" / claim_filename("guest"))
 
 
 def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:

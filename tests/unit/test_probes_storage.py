@@ -10,7 +10,7 @@ import pytest
 from fakes.probetree import AHCI, NIC, HostTree, address, lvm_label, workstation, zfs_label
 from isogroup.core.model import UseCode
 from isogroup.host.probes import ProbeSeams, probe_report
-from isogroup.host.probes.storage import parse_mountinfo, parse_swaps, unescape
+from isogroup.host.probes.storage.tables import parse_mountinfo, parse_swaps, unescape
 
 
 @pytest.fixture

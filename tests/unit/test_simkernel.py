@@ -7,9 +7,12 @@ isogroup's scanner, concurrency between forked writers, and each kind of injecte
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fakes.hostfixtures import kernel_digest
 from fakes.simkernel import (
     PCI_STUB,
     VFIO_PCI,
@@ -216,6 +220,70 @@ def test_round_trip_of_generated_topologies(topology: HostTopology) -> None:
         topology = HostTopology.build(False, topology.functions, ())  # the scanner reads "no groups" as no IOMMU
     with tempfile.TemporaryDirectory() as tmp:
         assert read_topology(SimKernel.materialize(Path(tmp) / "sys", topology)) == topology
+
+
+# The fake keeps its own record and draws the tree from it; isogroup's scanner reads the tree. After any sequence
+# of writes the two must agree: a drawing bug, or a scanner bug, shows as a difference.
+DRIVER_NAMES = ["nvidia", "snd_hda_intel", "ixgbe", "ixgbevf", "igb", "xhci_hcd", "pcieport", VFIO_PCI, PCI_STUB]
+DEVICES = [ROOT_PORT, GPU, GPU_AUDIO, PF, VF0, VF1, USB, NIC_A, NIC_B]
+
+
+@st.composite
+def kernel_operations(draw: st.DrawFn) -> tuple[str, str, str]:
+    """One thing a writer or the kernel's user does: (kind, device, driver or value)."""
+    kind = draw(st.sampled_from(["override", "clear", "unbind", "probe", "bind", "new_id", "rmmod", "unplug"]))
+    return kind, draw(st.sampled_from(DEVICES)), draw(st.sampled_from(DRIVER_NAMES))
+
+
+def apply_operation(sim: SimKernel, kind: str, address: str, driver: str) -> None:
+    if kind == "unplug":
+        if address in {str(a) for a in sim.topology().by_address}:
+            sim.remove_device(address)
+        return
+    if kind == "rmmod":
+        sim.unload_driver(driver)
+        return
+    rel, value = {
+        "override": (dev(address, "driver_override"), driver),
+        "clear": (dev(address, "driver_override"), "\n"),
+        "unbind": (drv(sim.driver(address) or driver, "unbind"), address),
+        "probe": ("bus/pci/drivers_probe", address),
+        "bind": (drv(driver, "bind"), address),
+        "new_id": (drv(driver, "new_id"), "8086 1533"),
+    }[kind]
+    with contextlib.suppress(HostError):  # a refusal is an answer too: the record and the tree must still agree
+        sim.write(rel, value)
+
+
+def devfs_groups(sim: SimKernel) -> set[int]:
+    return {int(node.name) for node in (sim.devfs / "vfio").iterdir()}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(kernel_operations(), max_size=12))
+def test_the_scanner_reads_what_the_fake_records(operations: list[tuple[str, str, str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = SimKernel.materialize(Path(tmp) / "sys", desktop(), native={PciAddress.parse(USB): "xhci_hcd"})
+        for kind, address, driver in operations:
+            apply_operation(sim, kind, address, driver)
+            recorded = sim.topology()
+            assert read_topology(sim) == recorded, (kind, address, driver)
+            assert devfs_groups(sim) == {g.number for g in recorded.groups if sim.vfio_group_exists(g.number)}
+
+
+def test_the_fakes_view_does_not_go_through_the_scanner(sim: SimKernel) -> None:
+    """Mending the tree behind the fake's back shows: the scanner sees the tree, the fake its own record."""
+    os.unlink(sim.root / dev(GPU, "driver"))
+    assert read_topology(sim).by_address[PciAddress.parse(GPU)].driver is None
+    assert sim.topology().by_address[PciAddress.parse(GPU)].driver == "nvidia"
+    assert sim.driver(GPU) == "nvidia"
+
+
+def test_the_fake_imports_no_scanner() -> None:
+    code = "import sys, fakes.simkernel; print([m for m in sys.modules if m.startswith('isogroup.host.hostscan')])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_attributes_use_the_kernels_formats(sim: SimKernel) -> None:
@@ -699,3 +767,17 @@ def test_two_forked_writers_keep_the_tree_consistent(sim: SimKernel) -> None:
     assert sorted(r.n for r in sim.write_log()) == list(range(1, 2 * rounds * 6 + 1))
     assert list(consistent(sim)) == []
     assert (sim.driver(GPU), sim.driver(GPU_AUDIO)) == ("nvidia", "snd_hda_intel")
+
+
+def test_the_kernel_digest_sees_every_change_but_not_the_log(sim: SimKernel, tmp_path: Path) -> None:
+    before = kernel_digest(sim)
+    twin = SimKernel.materialize(tmp_path / "twin", desktop(), native={PciAddress.parse(USB): "xhci_hcd"})
+    assert before == kernel_digest(twin)
+    sim.write(dev(GPU, "driver_override"), "vfio-pci")
+    changed = kernel_digest(sim)
+    assert changed != before
+    sim.write(dev(GPU, "driver_override"), "\n")
+    assert kernel_digest(sim) == before and len(sim.writes()) == 2
+    detach_to_vfio(sim, GPU_AUDIO)
+    assert (sim.devfs / "vfio" / "1").exists()
+    assert kernel_digest(sim) != before

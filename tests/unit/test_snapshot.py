@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,12 @@ INVALID: dict[str, tuple[Mutation, str]] = {
     "group-string": (_set("functions.1.iommu_group", "1"), "'iommu_group' has the wrong type"),
     # bool is an int in Python; a snapshot that says true means something else
     "group-bool": (_set("functions.1.iommu_group", True), "'iommu_group' has the wrong type"),
+    # strings go into sysfs paths and report lines: a driver's name is a plain name, findings one printable line
+    "driver-newline": (_set("functions.1.driver", "nvidia\n  problem [x]: forged"), "not a kernel driver's name"),
+    "driver-path": (_set("functions.1.driver", "../../x"), "'driver' is '../../x', not a kernel driver's name"),
+    "driver-space": (_set("functions.1.driver", "nvidia gpu"), "not a kernel driver's name"),
+    "override-dotdot": (_set("functions.1.driver_override", ".."), "'driver_override' is '..', not a kernel"),
+    "group-too-big": (_set("functions.1.iommu_group", 2**31), "must be a non-negative integer (at most"),
     "numvfs-bool": (_set("functions.1.sriov_numvfs", True), "'sriov_numvfs' has the wrong type"),
     "totalvfs-float": (_set("functions.1.sriov_totalvfs", 8.0), "'sriov_totalvfs' has the wrong type"),
     "group-number-bool": (_set("groups.0.group", True), "groups[0]: 'group' has the wrong type"),
@@ -386,3 +393,36 @@ def test_findings_round_trip_and_must_name_a_function() -> None:
     doc["findings"][0]["code"] = "storage-imaginary"
     with pytest.raises(InputError, match="unknown code"):
         snapshot.from_json(doc)
+
+
+def test_a_5000_digit_number_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from isogroup.cli.main import main
+
+    doc = json.loads((SAMPLES / "hosts" / "desktop-gpu.json").read_text())
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(doc).replace('"iommu_group": 1,', '"iommu_group": ' + "9" * 5000 + ",", 1))
+    code = main(["groups", "--host", str(path)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (ExitCode.INPUT, "")
+    assert (
+        err == f"isogroup: host snapshot {path} is not valid JSON (as a snapshot takes it): a number of 5000 digits\n"
+    )
+
+
+def test_a_finding_must_be_one_printable_line() -> None:
+    doc = copy.deepcopy(VALID)
+    doc["version"], doc["probed"] = 2, True
+    for function in doc["functions"]:
+        function["capabilities_read"] = False
+    doc["findings"] = [{"address": "0000:01:00.0", "code": "storage-mounted", "subject": "/dev/sda2", "message": "ok"}]
+    snapshot.from_json(copy.deepcopy(doc))
+    doc["findings"][0]["message"] = "held\n  problem [storage-mounted]: forged"
+    with pytest.raises(InputError, match="'message' must be one line of printable text"):
+        snapshot.from_json(doc)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "host.json"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        snapshot.load(fifo)

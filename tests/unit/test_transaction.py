@@ -36,6 +36,29 @@ from isogroup.core.claims import DeviceState, Phase
 from isogroup.errors import ExitCode, HostError, RefusedError
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
+from isogroup.log import Level, log
+
+
+class Lines:
+    """A log sink for the test: isogroup's log writes to syslog only."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def emit(self, level: Level, text: str) -> None:
+        self.lines.append(text)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> Lines:
+    lines = Lines()
+    monkeypatch.setattr(log, "sink", lines)
+    monkeypatch.setattr(log, "level", Level.DEBUG)
+    return lines
 
 
 def claims(host: Context) -> dict[str, Phase]:
@@ -396,7 +419,7 @@ def test_one_ledger_write_per_moved_device_and_one_to_commit(tmp_path: Path, mon
 
 
 def test_a_failing_rollback_is_logged_and_the_original_error_re_raised(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: Lines
 ) -> None:
     sim, host = make_host(tmp_path)
     # USB's probe fails (the second device: two intents written); the rollback's first ledger write then fails.
@@ -405,7 +428,7 @@ def test_a_failing_rollback_is_logged_and_the_original_error_re_raised(
     with pytest.raises(HostError, match="drivers_probe") as info:
         prepare(host, parse_domain(domain_xml("g", GPU)), Stage.PREPARE)
     assert "No space left" not in str(info.value)
-    assert "the rollback failed too (" in caplog.text and "No space left on device" in caplog.text
+    assert "the rollback failed too (" in logged.text and "No space left on device" in logged.text
     monkeypatch.undo()
     sim.set_faults(Faults())
     # What the rollback could not finish is in the ledger (written before every change): the next run ends it.
@@ -494,7 +517,7 @@ def test_the_ledgers_lock_is_waited_for_no_longer_than_the_run_has_left(tmp_path
 # ---------------------------------------------------------------------------------------------- reconnect
 
 
-def test_reconnect_never_adopts_a_group_another_claim_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_reconnect_never_adopts_a_group_another_claim_holds(tmp_path: Path, logged: Lines) -> None:
     sim, host = make_host(tmp_path)
     prepare(host, parse_domain(domain_xml("first", GPU)), Stage.PREPARE)  # holds group 1
     held = host.ledger.read_all_unlocked()
@@ -503,7 +526,7 @@ def test_reconnect_never_adopts_a_group_another_claim_holds(tmp_path: Path, capl
     after = {c.domain: c for c in host.ledger.read_all_unlocked()}
     assert after["first"] == held[0]
     assert after["stray"].groups == (3,) and after["stray"].devices == ()
-    assert "IOMMU group 1, which the ledger gives to 'first'; not adopted" in caplog.text
+    assert "IOMMU group 1, which the ledger gives to 'first'; not adopted" in logged.text
     # Only unheld groups: a guest whose every group is held by another claim gets no claim at all.
     reconnect(host, parse_domain(domain_xml("other", USB)))
     assert sorted(c.domain for c in host.ledger.read_all_unlocked()) == ["first", "stray"]

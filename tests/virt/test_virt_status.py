@@ -14,8 +14,8 @@ from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
 from isogroup.errors import ExitCode, InputError
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
-from isogroup.libvirt.agreement import Code, compare, read_status_dir
-from isogroup.libvirt.virt import NodeDevice, Virt
+from isogroup.libvirt.agreement import Code, Disagreement, compare, read_status_dir, to_text
+from isogroup.libvirt.virt import NodeDevice, UnreadableNodeDevice, Virt
 from testpaths import SAMPLES
 
 URI = f"test://{SAMPLES / 'libvirt' / 'desktop-gpu.xml'}"
@@ -185,3 +185,24 @@ def test_the_api_sees_what_the_test_driver_runs() -> None:
         ("usb-guest", False),
         ("win10", True),
     ]
+
+
+def test_a_node_device_isogroup_cannot_read_is_reported_not_dropped() -> None:
+    """Dropped, it would look removed from the host: a false device-gone. Reported, the user knows why."""
+    claims = [Claim("win10", Phase.ACTIVE, (1,), (moved(AUDIO, 1, "snd_hda_intel"),))]
+    win10 = parse_domain(
+        "<domain><name>win10</name><devices><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+        "<address domain='0' bus='1' slot='0' function='1'/></source></hostdev></devices></domain>"
+    )
+    reason = "libvirt's node device 'pci_0000_01_00_1': bus '0x1g' is not a number"
+    found = compare(claims, [win10], [node(GPU, 1, "vfio-pci"), UnreadableNodeDevice("pci_0000_01_00_1", reason)])
+    assert [d.code for d in found] == [Code.UNREADABLE_NODE, Code.DEVICE_GONE]
+    assert found[0].message.startswith(reason)
+    text = to_text("test:///x", ["win10"], found)
+    assert "[unreadable-node-device] libvirt's node device 'pci_0000_01_00_1'" in text
+
+
+def test_report_lines_cannot_be_forged_by_libvirts_strings() -> None:
+    forged = Disagreement(Code.MOVED_BUT_FREE, "libvirt sees it on evil\n  [device-gone] forged\x1b[2J", "w")
+    text = to_text("test:///x", ["w"], [forged])
+    assert text.count("\n") == 3 and "evil\\n  [device-gone] forged\\x1b[2J" in text

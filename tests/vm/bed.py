@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ci import missing_install
 from vm.initramfs import build_initramfs
 from vm.topology import Topology, placements, qemu_devices
 
@@ -83,19 +86,41 @@ def guest_python() -> Path:
     return venv if venv.exists() else Path(os.path.realpath("/usr/bin/python3"))
 
 
-def unavailable_reason() -> str | None:
-    """Why the bed cannot run here (for pytest.skip), or None when everything it needs is installed."""
+@dataclass(frozen=True)
+class Unavailable:
+    """Why the bed cannot run here. `installable`: scripts/setup.sh --test installs what is missing, so in CI
+    (CI=true) it is a failure, not a skip."""
+
+    reason: str
+    installable: bool
+
+
+def unavailable(*, libvirt: bool = False) -> Unavailable | None:
+    """Why the bed cannot run here, or None when everything it needs is present. `libvirt`: the guest script
+    also runs the host's libvirtd and virsh."""
     if shutil.which(QEMU) is None:
-        return f"{QEMU} not found: run scripts/setup.sh --test (Debian package qemu-system-x86)"
+        return Unavailable(f"{QEMU} not found: run scripts/setup.sh --test (Debian package qemu-system-x86)", True)
     if find_kernel() is None:
-        return f"no guest kernel in {KERNEL_ROOT}: run scripts/setup.sh --test (tests/vm/fetch-kernel.sh)"
+        return Unavailable(
+            f"no guest kernel in {KERNEL_ROOT}: run scripts/setup.sh --test (tests/vm/fetch-kernel.sh)", True
+        )
     if not BUSYBOX.is_file():
-        return f"{BUSYBOX} not found: run scripts/setup.sh --test (Debian package busybox-static)"
+        return Unavailable(f"{BUSYBOX} not found: run scripts/setup.sh --test (Debian package busybox-static)", True)
+    if libvirt and (shutil.which("libvirtd", path="/usr/sbin:/usr/bin") is None or shutil.which("virsh") is None):
+        why = "libvirtd/virsh not installed: run scripts/setup.sh --test (libvirt-daemon, libvirt-clients)"
+        return Unavailable(why, True)
     if os.geteuid() != 0:
-        return "the bed exports / over 9p with security_model=none, which needs root"
+        return Unavailable("the bed exports / over 9p with security_model=none, which needs root", False)
     if any(c in str(CHECKOUT) for c in " ,\t\n"):
-        return f"checkout path {CHECKOUT} contains a space or comma, which QEMU option strings cannot carry"
+        why = f"checkout path {CHECKOUT} contains a space or comma, which QEMU option strings cannot carry"
+        return Unavailable(why, False)
     return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the bed cannot run here (for a message), or None when everything it needs is installed."""
+    missing = unavailable()
+    return None if missing is None else missing.reason
 
 
 @dataclass(frozen=True)
@@ -333,3 +358,33 @@ def _run_qemu(command: list[str], name: str, out: Path, timeout: float) -> VmRes
         boot_seconds=boot_seconds,
         wall_seconds=round(wall, 1),
     )
+
+
+def session_run(
+    topology: Topology,
+    guest_script: Path,
+    *,
+    timeout: float,
+    modules: Sequence[str] = GUEST_MODULES,
+    libvirt: bool = False,
+) -> Any:
+    """The session fixture every tests/vm/test_*.py file uses: boot `topology` once, run `guest_script` in it,
+    and hand each test the one VmResult. Skips with the reason where the bed cannot run here (in CI a missing
+    install step fails instead: tests/ci.py) or where QEMU cannot boot the bed's kernel.
+
+        isogroup_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=900)
+    """
+
+    @pytest.fixture(scope="session")
+    def run() -> VmResult:
+        missing = unavailable(libvirt=libvirt)
+        if missing is not None:
+            if missing.installable:
+                missing_install(missing.reason)
+            pytest.skip(missing.reason)
+        result = run_in_vm(topology, guest_script, timeout=timeout, modules=modules)
+        if not result.booted:
+            pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
+        return result
+
+    return run

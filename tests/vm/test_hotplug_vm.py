@@ -3,12 +3,11 @@ nested QEMU guests. One VM boot; each scenario of tests/vm/guest_hotplug_scenari
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from vm.bed import VmResult, run_in_vm, unavailable_reason
+from vm.bed import VmResult, session_run
 from vm.topology import Device, RootPort, Topology, slot
 
 pytestmark = pytest.mark.vm
@@ -31,17 +30,7 @@ SCENARIOS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def hotplug_run() -> VmResult:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if shutil.which("libvirtd", path="/usr/sbin:/usr/bin") is None or shutil.which("virsh") is None:
-        pytest.skip("libvirtd/virsh not installed: run scripts/setup.sh --test (libvirt-daemon, libvirt-clients)")
-    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=900)
-    if not result.booted:
-        pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
-    return result
+hotplug_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=900, libvirt=True)
 
 
 def test_guest_script_completed(hotplug_run: VmResult) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.bed import VmResult, run_in_vm, unavailable_reason
+from vm.bed import VmResult, session_run
 from vm.topology import Device, PciBridge, PcieToPciBridge, RootPort, Topology, slot
 
 pytestmark = pytest.mark.vm
@@ -45,15 +45,7 @@ SCENARIOS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def selftest_run() -> VmResult:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=300)
-    if not result.booted:
-        pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
-    return result
+selftest_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=300)
 
 
 def test_guest_script_completed(selftest_run: VmResult) -> None:

@@ -6,12 +6,11 @@ each scenario of tests/vm/guest_libvirt_scenarios.py reported as its own test.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from vm.bed import VmResult, run_in_vm, unavailable_reason
+from vm.bed import VmResult, session_run
 from vm.topology import Device, RootPort, Topology, slot
 
 pytestmark = pytest.mark.vm
@@ -38,17 +37,7 @@ SCENARIOS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def libvirt_run() -> VmResult:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if shutil.which("libvirtd", path="/usr/sbin:/usr/bin") is None or shutil.which("virsh") is None:
-        pytest.skip("libvirtd/virsh not installed: run scripts/setup.sh --test (libvirt-daemon, libvirt-clients)")
-    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=600)
-    if not result.booted:
-        pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
-    return result
+libvirt_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=600, libvirt=True)
 
 
 def test_guest_script_completed(libvirt_run: VmResult) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.bed import GUEST_MODULES, VmResult, run_in_vm, unavailable_reason
+from vm.bed import GUEST_MODULES, VmResult, session_run
 from vm.topology import Device, RootPort, Topology, slot
 
 pytestmark = pytest.mark.vm
@@ -45,15 +45,7 @@ SCENARIOS = ["baseline", "busy_group", "lvm", "held", "display", "netns", "timin
 MODULES = (*GUEST_MODULES, "bridge", "dm_mod")
 
 
-@pytest.fixture(scope="session")
-def probes_run() -> VmResult:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=600, modules=MODULES)
-    if not result.booted:
-        pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
-    return result
+probes_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=600, modules=MODULES)
 
 
 def test_guest_script_completed(probes_run: VmResult) -> None:

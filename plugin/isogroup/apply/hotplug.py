@@ -16,12 +16,9 @@ included), and a run killed half-way leaves a claim that the guest's release sti
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-
-from lxml import etree
+from dataclasses import dataclass
 
 from isogroup.apply.transaction import (
     Change,
@@ -39,29 +36,15 @@ from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
 from isogroup.core.plan import DomainPlan
 from isogroup.core.planner import plan
-from isogroup.errors import HostError, InputError, IsogroupError, RefusedError
-from isogroup.formats.domainxml import parse_domain
-from isogroup.formats.xml import MAX_XML_BYTES
+from isogroup.errors import HostError, InputError, IsogroupError
+from isogroup.formats.domainxml import Device, parse_device
 from isogroup.host.hostscan import read_topology
 from isogroup.host.probes import ProbeSeams
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import AFFECT_CONFIG, AFFECT_CURRENT, AFFECT_LIVE, Virt
-
-log = logging.getLogger("isogroup")
+from isogroup.log import log
 
 DETACH_WAIT_S = 10.0  # after libvirt's own wait (5 s in the qemu driver) for the guest to release the device
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device document as given to attach/detach, and its PCI requests under the guest's name."""
-
-    xml: str
-    spec: DomainSpec
-
-    @property
-    def addresses(self) -> frozenset[PciAddress]:
-        return frozenset(r.address for r in self.spec.pci)
 
 
 @dataclass(frozen=True)
@@ -79,34 +62,6 @@ class Target:
             raise InputError(f"domain '{name}' is not running: --live needs a running guest (use --config)")
         flags = (AFFECT_LIVE if live else AFFECT_CURRENT) | (AFFECT_CONFIG if config else AFFECT_CURRENT)
         return cls(live or (not config and active), config or (not live and not active), flags)
-
-
-def parse_device(data: bytes, where: str, domain: DomainSpec | str, uuid: str | None = None) -> Device:
-    """One device element (`<hostdev>`, `<interface>`, ...) as `virsh attach-device` takes it, read with the
-    same safety as a domain document: no DTD, no entities, no network, a size limit. `domain`: the guest it
-    goes to (its name, uuid and <metadata> policy carry over), or just a name."""
-    guest = domain if isinstance(domain, DomainSpec) else DomainSpec(domain, uuid, ())
-    if len(data) > MAX_XML_BYTES:
-        raise InputError(f"{where}: larger than {MAX_XML_BYTES} bytes; not a device document")
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
-    try:
-        root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        raise InputError(f"{where}: malformed XML: {exc.msg}") from None
-    tree = root.getroottree()
-    if getattr(tree.docinfo, "doctype", "") or tree.docinfo.internalDTD is not None:
-        raise InputError(f"{where}: a DOCTYPE is not allowed in a device document")
-    if root.tag == "domain":
-        raise InputError(f"{where}: this is a whole domain; give one device element (e.g. <hostdev>)")
-    # The device inside a minimal domain, starting on the line it starts on in the file, so that the domain
-    # reader's messages name the file's lines.
-    wrapper = etree.Element("domain")
-    etree.SubElement(wrapper, "name").text = guest.name
-    etree.SubElement(wrapper, "devices").append(etree.fromstring(etree.tostring(root), parser))
-    first = getattr(root, "sourceline", 1)
-    lead = b"\n" * (first - 1 if isinstance(first, int) and first > 1 else 0)
-    spec = parse_domain(lead + etree.tostring(wrapper), origin=where)
-    return Device(etree.tostring(root, encoding="unicode"), replace(spec, uuid=guest.uuid, policy=guest.policy))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -139,7 +94,7 @@ def attach_device(
         topology = read_topology(ctx.kernel, scope=device.addresses, probes=probes)
         device_plan = plan(device.spec, topology, policy=ctx.policy)
         if not device_plan.ok:
-            raise RefusedError(device_plan.refusal())
+            raise device_plan.refused()
         virt.attach(name, device.xml, target.flags)
         log.info("%s: device attached to the persistent definition (%s)", name, where)
         return device_plan
@@ -204,12 +159,12 @@ def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], probes
     # the plan is made again under the lock, where it counts.
     first, _ = _plan_device(ctx, spec, running, settled_claims(ctx), probes)
     if not first.ok:
-        raise RefusedError(first.refusal())
+        raise first.refused()
     with locked(ctx) as session:
         finish_interrupted(ctx, session)
         device_plan, topology = _plan_device(ctx, spec, running, session.holders(), probes)
         if not device_plan.ok:
-            raise RefusedError(device_plan.refusal())
+            raise device_plan.refused()
         if not device_plan.groups:
             return Change(spec.name, device_plan, Stage.HOTPLUG, None)
         return apply_plan(ctx, session, spec, device_plan, topology=topology, stage=Stage.HOTPLUG)

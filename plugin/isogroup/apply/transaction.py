@@ -9,7 +9,6 @@ Every run first finishes what a killed run left behind, and no run outlives its 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -25,14 +24,13 @@ from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.core.policy import Policy
-from isogroup.errors import HostError, IsogroupError, RefusedError, StateError
+from isogroup.errors import HostError, IsogroupError, StateError
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger, LedgerSession
-from isogroup.host.probes import ProbeSeams
+from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, Sysfs
-
-log = logging.getLogger("isogroup")
+from isogroup.log import log
 
 BIND_TIMEOUT_S = 10.0
 
@@ -125,7 +123,7 @@ def check(ctx: Context, domain: DomainSpec) -> DomainPlan:
     """Plan only (migrate, restore): refuse early, change nothing, not even the ledger directory."""
     domain_plan = _plan_unlocked(ctx, domain)
     if not domain_plan.ok:
-        raise RefusedError(domain_plan.refusal())
+        raise domain_plan.refused()
     return domain_plan
 
 
@@ -135,12 +133,12 @@ def prepare(ctx: Context, domain: DomainSpec, stage: Stage) -> DomainPlan:
     if not ctx.ledger.exists():
         early = _plan_unlocked(ctx, domain)
         if not early.ok:
-            raise RefusedError(early.refusal())
+            raise early.refused()
     with locked(ctx) as session:
         finish_interrupted(ctx, session)
         domain_plan, topology = _plan(ctx, session, domain)
         if not domain_plan.ok:
-            raise RefusedError(domain_plan.refusal())
+            raise domain_plan.refused()
         if domain_plan.groups:
             apply_plan(ctx, session, domain, domain_plan, topology=topology, stage=stage)
         return domain_plan
@@ -284,10 +282,7 @@ def undo_safely(ctx: Context, session: LedgerSession, change: Change) -> Claim |
     try:
         return undo(ctx, session, change)
     except Exception as exc:
-        log.error(
-            "%s: the rollback failed too (%s); see 'isogroup status'", change.domain, str(exc) or type(exc).__name__
-        )
-        log.debug("rollback failure", exc_info=True)
+        log.error("%s: the rollback failed too (%r); see 'isogroup status'", change.domain, exc)
         try:
             return session.claim(change.domain)
         except IsogroupError:

@@ -1,5 +1,5 @@
 """The commands that need no libvirt: check, groups, explain, snapshot, install-hook, uninstall-hook, status,
-recover. Each takes the parsed arguments and returns an exit code; errors are raised, and mapped to exit codes
+recover, forget. Each takes the parsed arguments and returns an exit code; errors are raised, and mapped to exit codes
 in one place (`cli.main`)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import sys
 
 from isogroup.apply.transaction import Context, recover
+from isogroup.cli import cluster
 from isogroup.cli.inputs import kernel, load_claims, load_host, read_domain_file
 from isogroup.core import report
 from isogroup.core.address import PciAddress
@@ -19,13 +20,18 @@ from isogroup.formats import policyfile, snapshot
 from isogroup.formats.schema import find_domain_schema
 from isogroup.hook.install import install_hook, uninstall_hook
 from isogroup.host.hostscan import read_topology
-from isogroup.host.ledger import Ledger, claim_to_json
-from isogroup.logsetup import to_syslog
+from isogroup.host.ledger import CorruptClaim, Ledger, claim_to_json
+from isogroup.log import log, to_syslog
 from isogroup.paths import DEFAULT_POLICY
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    fleet = args.hosts is not None or len(args.host or ()) > 1  # which of these hosts can run each domain
+    if not fleet:
+        args.host = args.host[0] if args.host else None
     if args.libvirt_domain or args.all:
+        if fleet:
+            raise InputError("a fleet check (several --host, or --hosts) takes DOMAIN.xml files, not libvirt domains")
         if args.domains:
             raise InputError("give DOMAIN.xml files, or --domain/--all to read domains from libvirt, not both")
         from isogroup.cli import libvirt as cli_libvirt  # noqa: PLC0415 - libvirt's side is loaded only when asked for
@@ -40,6 +46,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise InputError("-c/--connect reads domains from libvirt: use it with --domain NAME or --all")
     schema = None if args.no_schema else find_domain_schema()
     domains = [read_domain_file(p, schema) for p in args.domains]
+    if fleet:
+        return cluster.check_fleet(args, domains, policyfile.load(args.policy, required=args.policy is not None))
     scope = {r.address for d in domains for r in d.pci}
     host = load_host(args, scope)
     claims = load_claims(args)
@@ -52,6 +60,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.plans_to_text(plans))
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    return cluster.inventory(args)
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
@@ -117,20 +129,50 @@ def cmd_status(args: argparse.Namespace) -> int:
         return cli_libvirt.status(args)
     if args.connect is not None or args.status_dir is not None:
         raise InputError("-c/--connect and --status-dir compare with libvirt: use them with --libvirt")
-    claims = Ledger(args.ledger).read_all_unlocked()
+    view = Ledger(args.ledger).read_unlocked()
     if args.format == "json":
-        sys.stdout.write(report.dumps([claim_to_json(c) for c in claims]))
+        doc = [claim_to_json(c) for c in view.claims] + [_corrupt_to_json(c) for c in view.corrupt]
+        sys.stdout.write(report.dumps(doc))
     else:
-        sys.stdout.write(report.claims_to_text(claims))
-    return ExitCode.OK
+        if view.claims or not view.corrupt:
+            sys.stdout.write(report.claims_to_text(view.claims))
+        sys.stdout.write(_corrupt_to_text(view.corrupt))
+    # A corrupt claim makes the ledger unusable for starts: say so in the exit code too.
+    return ExitCode.STATE if view.corrupt else ExitCode.OK
+
+
+def _corrupt_to_json(corrupt: CorruptClaim) -> dict[str, object]:
+    """A corrupt claim among `status --format json`'s claims: it has `corrupt` where a claim has `domain`."""
+    return {"corrupt": corrupt.reason, "file": corrupt.path, "clear": corrupt.forget_command}
+
+
+def _corrupt_to_text(corrupt: tuple[CorruptClaim, ...]) -> str:
+    return "".join(
+        f"corrupt claim {c}\n  nobody knows which IOMMU groups it held, so every guest start is refused: check its "
+        f"devices ('isogroup groups'), put them back, then run '{c.forget_command}'\n"
+        for c in corrupt
+    )
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     to_syslog()
-    host = Context(kernel(args), Ledger(args.ledger))
-    left = recover(host, set(args.domain) if args.domain else None)
-    sys.stdout.write(report.claims_to_text(left))
-    return ExitCode.OK if not any(c.phase is Phase.FAILED for c in left) else ExitCode.HOST
+    ledger = Ledger(args.ledger)
+    left = recover(Context(kernel(args), ledger), set(args.domain) if args.domain else None)
+    corrupt = ledger.read_unlocked().corrupt  # recover leaves these alone: nobody knows what they held
+    if left or not corrupt:
+        sys.stdout.write(report.claims_to_text(left))
+    sys.stdout.write(_corrupt_to_text(corrupt))
+    if any(c.phase is Phase.FAILED for c in left):
+        return ExitCode.HOST
+    return ExitCode.STATE if corrupt else ExitCode.OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    to_syslog()
+    forgotten = Ledger(args.ledger).forget(args.file)
+    log.warning("forgot the corrupt claim %s", forgotten)
+    sys.stderr.write(f"removed the corrupt claim {forgotten}\n")
+    return ExitCode.OK
 
 
 def cmd_attach_device(args: argparse.Namespace) -> int:

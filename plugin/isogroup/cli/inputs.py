@@ -4,6 +4,7 @@ probes), domain files, and the claims that count as taken. Parsed once, here, at
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,14 +12,16 @@ from pathlib import Path
 from isogroup.core.address import PciAddress
 from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
-from isogroup.errors import InputError, StateError
+from isogroup.errors import InputError, Origin, StateError
 from isogroup.formats import snapshot
-from isogroup.formats.domainxml import parse_domain
-from isogroup.formats.schema import validate_domain
+from isogroup.formats.domainxml import read_domain
+from isogroup.formats.schema import validate_tree
+from isogroup.formats.xml import parse_xml
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
+from isogroup.limits import MAX_XML_BYTES
 from isogroup.paths import DEFAULT_LEDGER_DIR
 
 
@@ -55,26 +58,52 @@ def probe_seams(args: argparse.Namespace, sysfs: Sysfs) -> ProbeSeams | None:
     return ProbeSeams.tree(sysfs, proc, dev)
 
 
+def read_input(path: Path) -> bytes:
+    """A document named on the command line ('-': stdin), at most MAX_XML_BYTES + 1 bytes of it (the parser
+    refuses a larger one). A FIFO is read as a person at a shell means it: `check <(virsh dumpxml vm)`."""
+    try:
+        if str(path) == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            if stream is None:
+                raise InputError("cannot read the document from stdin: it is closed")
+            return bytes(stream.read(MAX_XML_BYTES + 1))
+        with open(path, "rb") as f:
+            return f.read(MAX_XML_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}", origin=Origin(str(path))) from None
+
+
 def read_domain_file(path: Path, schema: Path | None = None) -> DomainSpec:
     """The domain document at `path` ('-': stdin); with `schema` (libvirt's domain.rng), also valid for libvirt."""
+    data = read_input(path)
     try:
-        data = path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    spec = parse_domain(data, origin=str(path))
-    validate_domain(data, str(path), schema)
+        root = parse_xml(data, str(path))  # once: the domain reader and the schema read the same tree
+        spec = read_domain(root, str(path))
+        validate_tree(root, str(path), schema)
+    except InputError as exc:
+        exc.origin = exc.origin or Origin(str(path))
+        raise
     return spec
 
 
 def load_claims(args: argparse.Namespace) -> dict[int, str]:
-    """Claims are an input to planning: `--ledger DIR`, or on the live host the live ledger when this user can
-    read it (root); a snapshot or another tree has none unless a ledger is named."""
+    """Claims are an input to planning: `--ledger DIR`, or on the live host the live ledger; a snapshot or
+    another tree has none unless a ledger is named. A ledger that cannot be read is never "no claims": as root
+    (who can read it) that is an error; without root (who cannot) a warning, since the verdict then cannot
+    count the running guests' groups."""
     if args.ledger is not None:
         claims = Ledger(args.ledger).read_all_unlocked()
     elif args.host is None and args.sysfs is None:
         try:
             claims = Ledger(DEFAULT_LEDGER_DIR).read_all_unlocked()
-        except (OSError, StateError):
+        except (OSError, StateError) as exc:
+            if os.geteuid() == 0:
+                raise StateError(f"cannot read the ledger {DEFAULT_LEDGER_DIR}: {exc}") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            sys.stderr.write(
+                f"isogroup: warning: cannot read the ledger {DEFAULT_LEDGER_DIR} ({why}); groups held by running "
+                "guests are not counted (run as root for a verdict)\n"
+            )
             claims = []
     else:
         return {}

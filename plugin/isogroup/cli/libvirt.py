@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from isogroup.apply.hotplug import attach_device, detach_device
 from isogroup.apply.transaction import Context
-from isogroup.cli.inputs import kernel, load_claims, load_host
+from isogroup.cli.inputs import kernel, load_claims, load_host, read_input
 from isogroup.core import report
 from isogroup.core.domain import DomainSpec
 from isogroup.core.plan import DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT
-from isogroup.errors import ExitCode, InputError
+from isogroup.errors import ExitCode
 from isogroup.formats import policyfile
 from isogroup.host.ledger import Ledger, claim_to_json
 from isogroup.host.probes import ProbeSeams
 from isogroup.libvirt import agreement
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import LibvirtDomain, Virt
-from isogroup.logsetup import to_syslog
+from isogroup.log import to_syslog
 
 
 def _write_plans(args: argparse.Namespace, plans: list[DomainPlan]) -> None:
@@ -60,16 +59,9 @@ def _probes(args: argparse.Namespace) -> ProbeSeams | None:
     return ProbeSeams.live_host(sysfs) if sysfs.live else None
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes() if str(path) != "-" else sys.stdin.buffer.read()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def attach(args: argparse.Namespace) -> int:
     to_syslog()
-    data = _read(args.file)
+    data = read_input(args.file)
     with Virt.open(args.connect, read_only=False) as virt:
         device_plan = attach_device(
             _context(args),
@@ -99,7 +91,7 @@ def _hotplug_text(device_plan: DomainPlan) -> str:
 
 def detach(args: argparse.Namespace) -> int:
     to_syslog()
-    data = _read(args.file)
+    data = read_input(args.file)
     with Virt.open(args.connect, read_only=False) as virt:
         freed = detach_device(
             _context(args), virt, args.domain, data, str(args.file), live=args.live, config=args.config, wait=args.wait

@@ -10,7 +10,8 @@ from typing import NoReturn
 
 from isogroup import __version__
 from isogroup.cli import commands
-from isogroup.errors import ExitCode, IsogroupError
+from isogroup.core import report
+from isogroup.errors import ExitCode, IsogroupError, RefusedError
 from isogroup.hook.install import DEFAULT_HOOKS_DIR
 from isogroup.paths import DEFAULT_LEDGER_DIR
 
@@ -23,9 +24,13 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(ExitCode.INPUT)
 
 
-def _add_host_options(p: argparse.ArgumentParser) -> None:
+def _add_host_options(p: argparse.ArgumentParser, *, fleet: bool = False) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
+    if fleet:  # check: several snapshots make it a fleet check (which hosts can run each domain)
+        src.add_argument("--host", type=Path, action="append", metavar="FILE", help="a host snapshot (repeatable)")
+        p.add_argument("--hosts", type=Path, metavar="DIR", help="every host snapshot (*.json) in DIR: a fleet check")
+    else:
+        src.add_argument("--host", type=Path, metavar="FILE", help="a host snapshot (from 'isogroup snapshot')")
     src.add_argument("--sysfs", type=Path, metavar="DIR", help="a tree laid out like /sys (default: /sys)")
     # The live host is probed for host use (mounts, routes, open devices...); a --sysfs tree only with these.
     p.add_argument("--proc", type=Path, metavar="DIR", help="with --sysfs: the matching /proc, to probe host use")
@@ -68,7 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("check", help="can these domains start? (exit 0 yes, 1 refused, 2 bad input)")
+    p = sub.add_parser(
+        "check",
+        help="can these domains start? (exit 0 yes, 1 refused, 2 bad input)",
+        description="Judge whether each domain's PCI passthrough keeps its IOMMU groups isolated on this host "
+        "(or a --host snapshot), as the hook would at start: exit 0 yes, 1 refused, 2 bad input. It reads only "
+        "what isolation needs, and validates files against libvirt's RelaxNG schema (what 'virsh define "
+        "--validate' checks) when that is installed. It does not check every rule libvirt applies to a domain: "
+        "libvirt may still refuse to define or start a domain that check accepts (an unknown emulator, a "
+        "missing disk, a machine type QEMU lacks), and plain 'virsh define' may accept one the schema rejects.",
+    )
     p.add_argument("domains", nargs="*", type=Path, metavar="DOMAIN.xml")
     p.add_argument(
         "--domain",
@@ -81,11 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="check every domain libvirt has, defined and running")
     _add_connect(p)
     p.add_argument("--no-schema", action="store_true", help="do not validate files against libvirt's RelaxNG schema")
-    _add_host_options(p)
+    _add_host_options(p, fleet=True)
     p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
     p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
     _add_format(p)
     p.set_defaults(func=commands.cmd_check)
+
+    p = sub.add_parser("inventory", help="the IOMMU groups this host can give whole, for a cluster's scheduler")
+    _add_host_options(p)
+    p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
+    p.add_argument("--node", metavar="NAME", help="the host's name in the cluster (default: snapshot's stem, hostname)")
+    p.add_argument("--format", choices=("json", "nova", "kubevirt", "proxmox", "nfd"), default="json")
+    p.set_defaults(func=commands.cmd_inventory)
 
     p = sub.add_parser("groups", help="list every IOMMU group, its members, and whether VFIO can use it")
     _add_host_options(p)
@@ -118,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR, metavar="DIR")
     p.set_defaults(func=commands.cmd_uninstall_hook)
 
-    p = sub.add_parser("status", help="which guests hold which groups, and every device moved")
+    p = sub.add_parser(
+        "status",
+        help="which guests hold which groups, every device moved, and every corrupt claim (exit 4 if any)",
+    )
     _add_state_options(p, sysfs=False)
     _add_format(p)
     p.add_argument(
@@ -153,15 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "recover",
-        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim",
+        help="finish or undo what an interrupted run left; --domain also releases a gone guest's claim "
+        "(corrupt claims are listed, never acted on: see 'forget'; exit 4 while one exists)",
     )
     _add_state_options(p, sysfs=True)
     p.add_argument("--domain", action="append", metavar="NAME", help="release this guest's claim (repeatable)")
     p.set_defaults(func=commands.cmd_recover)
+
+    p = sub.add_parser(
+        "forget",
+        help="remove a corrupt claim file that 'isogroup status' lists, once you have put its devices right",
+        description="A corrupt claim file (unreadable, or not what isogroup writes) may have held any IOMMU group, "
+        "so while one exists every guest start is refused. Check the devices it may have moved ('isogroup groups', "
+        "'lspci -k': a device left on vfio-pci by a guest that is gone), give them back to their drivers, then "
+        "remove the file with this command. A readable claim is refused: 'isogroup recover --domain NAME' restores "
+        "its devices. Exit 0 removed, 2 not a corrupt claim file, 4 the ledger is unusable.",
+    )
+    p.add_argument("file", metavar="FILE", help="the corrupt claim's path as 'isogroup status' prints it")
+    _add_state_options(p, sysfs=False)
+    p.set_defaults(func=commands.cmd_forget)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every way out of a command is an exit code from `ExitCode`: an error of isogroup's own is its class's code
+    and one line; anything else is a bug, exit 70 and one line (the traceback with --debug), never exit 1, which
+    would read as "refused" to a CI job."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -169,11 +211,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IsogroupError as exc:
         if args.debug:
             raise
-        sys.stderr.write(f"isogroup: {exc}\n")
+        _report(args, exc.line(), exc.exit_code, exc)
         return int(exc.exit_code)
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`isogroup status | head`): not an error of ours
         return ExitCode.OK
+    except KeyboardInterrupt:
+        sys.stderr.write("isogroup: interrupted\n")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        line = f"isogroup: internal error: {type(exc).__name__}: {_one_line(str(exc))} (a bug; --debug shows where)"
+        _report(args, line, ExitCode.SOFTWARE, exc)
+        return int(ExitCode.SOFTWARE)
     return code
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _report(args: argparse.Namespace, line: str, code: ExitCode, exc: BaseException) -> None:
+    """The error's one line on stderr; with --format json also a JSON object on stdout, so that a CI job reading
+    stdout gets a document either way: {"error": {"exit": N, "kind": ..., "message": ..., "file": ..., "line": ...}}."""
+    sys.stderr.write(line + "\n")
+    if getattr(args, "format", None) == "json":
+        sys.stdout.write(report.dumps({"error": error_to_json(exc, code)}))
+
+
+def error_to_json(exc: BaseException, code: ExitCode) -> dict[str, object]:
+    origin = exc.origin if isinstance(exc, IsogroupError) else None
+    return {
+        "exit": int(code),
+        "kind": code.name.lower(),
+        "message": str(exc) if isinstance(exc, IsogroupError) else f"internal error: {type(exc).__name__}",
+        "file": origin.file if origin is not None else None,
+        "line": origin.line if origin is not None else None,
+        "codes": list(exc.codes) if isinstance(exc, RefusedError) else [],
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

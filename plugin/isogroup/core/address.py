@@ -42,10 +42,5 @@ class PciAddress:
             int(match["function"], 16),
         )
 
-    @property
-    def slot_address(self) -> tuple[int, int, int]:
-        """The physical device: functions sharing it are one multifunction device."""
-        return (self.domain, self.bus, self.slot)
-
     def __str__(self) -> str:
         return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"

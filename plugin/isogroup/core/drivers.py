@@ -5,7 +5,14 @@ Source of truth: drivers/vfio/group.c (`vfio_dev_driver_allowed`) and the vfio-p
 
 from __future__ import annotations
 
+import re
+
 VFIO_PCI = "vfio-pci"
+
+# A driver's name is a directory under /sys/bus/pci/drivers (snd_hda_intel, ehci-pci, mlx5_core...) and goes into
+# sysfs paths like drivers/NAME/bind and into report lines: no slash, no space, no control character, never `.` or
+# `..`. Every driver name read from an input (a snapshot, a claim) must match it.
+DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 # Drivers that do no DMA on the device's behalf, so the kernel lets VFIO own a group that contains them.
 _DMA_SAFE = frozenset({"pci-stub", "pcieport"})

@@ -12,9 +12,6 @@ from functools import cached_property
 
 from isogroup.core.address import PciAddress
 
-PCI_CLASS_DISPLAY_VGA = 0x0300
-PCI_CLASS_BRIDGE_HOST = 0x0600
-
 
 class UseCode(StrEnum):
     """What a host-use probe found a function doing for the host. Stable: JSON reports and policies name them.
@@ -93,6 +90,9 @@ class PciFunction:
     pcie_type: int | None = None  # PCI Express capability's device/port type; None: conventional PCI
     acs_cap: int | None = None  # ACS capability register; None: no ACS capability
     acs_ctrl: int | None = None  # ACS control register
+    # sysfs subsystem_vendor/subsystem_device (the board maker's IDs); None: not recorded (an older snapshot).
+    # Proxmox's PCI mappings compare them with the device at guest start (`isogroup inventory --format proxmox`).
+    subsystem: tuple[int, int] | None = None
 
     @property
     def is_bridge(self) -> bool:

@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from isogroup.core.address import PciAddress
 from isogroup.core.model import UseCode
+from isogroup.errors import RefusedError
 
 
 class Action(StrEnum):
@@ -91,8 +92,16 @@ class DomainPlan:
     def group_numbers(self) -> tuple[int, ...]:
         return tuple(g.group for g in self.groups)
 
-    def refusal(self) -> str:
-        """The one line the hook prints on stderr, shown by `virsh start` after "Hook script execution failed"."""
+    def refused(self) -> RefusedError:
+        """The error a refused plan raises: its first problem, how many more, and every problem's code."""
         first = self.problems[0].message
         more = len(self.problems) - 1
-        return f"isogroup refused '{self.domain}': {first}" + (f" (and {more} more problem(s))" if more else "")
+        return RefusedError(
+            first + (f" (and {more} more problem(s))" if more else ""),
+            domain=self.domain,
+            codes=tuple(p.code.value for p in self.problems),
+        )
+
+    def refusal(self) -> str:
+        """The one line the hook prints on stderr, shown by `virsh start` after "Hook script execution failed"."""
+        return self.refused().line()

@@ -12,6 +12,20 @@ from isogroup.core.model import HostTopology, IommuGroup
 from isogroup.core.plan import DomainPlan
 
 
+def escape(text: str) -> str:
+    """`text` as part of one report line: a character that is not printable (a newline, a carriage return, an
+    ANSI escape, a tab) is written as its Python escape (`\\n`, `\\x1b`), so a string from a snapshot, a
+    ledger, a domain or libvirt can neither forge report lines nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def lines(out: Sequence[str]) -> str:
+    """The report's lines, each escaped, as text."""
+    return "".join(f"{escape(line)}\n" for line in out)
+
+
 def _driver(name: str | None) -> str:
     return name if name is not None else "(none)"
 
@@ -66,7 +80,7 @@ def plans_to_text(plans: Sequence[DomainPlan]) -> str:
             out.append(f"  note: {n.subject}: {n.message}")
     if any(p.groups for p in plans):
         out.append("(* = named in the domain XML)")
-    return "\n".join(out) + "\n"
+    return lines(out)
 
 
 def group_blockers(host: HostTopology, group: IommuGroup) -> list[str]:
@@ -118,7 +132,7 @@ def groups_to_text(host: HostTopology) -> str:
                 continue
             kind = " bridge" if f.is_bridge else ""
             out.append(f"  {a}  {f.ids}  class {f.class_code:06x}{kind}  {_driver(f.driver)}")
-    return "\n".join(out) + "\n"
+    return lines(out)
 
 
 def dumps(doc: object) -> str:
@@ -134,4 +148,4 @@ def claims_to_text(claims: Sequence[Claim]) -> str:
         for d in c.devices:
             was = d.original_driver or "(no driver)"
             out.append(f"  {d.address}  group {d.group}  {d.state.value}, originally on {was}")
-    return "\n".join(out) + "\n"
+    return lines(out)

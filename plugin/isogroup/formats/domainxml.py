@@ -6,11 +6,14 @@ network, under a size limit, and anything this module cannot read exactly is an 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from lxml import etree
 
 from isogroup.core.address import PciAddress
 from isogroup.core.domain import DomainSpec, MdevRequest, NetworkRequest, PciRequest, Source
-from isogroup.errors import InputError
+from isogroup.errors import InputError, Origin
 from isogroup.formats.policyfile import read_domain_policy
 from isogroup.formats.xml import line as _line
 from isogroup.formats.xml import parse_number, parse_xml
@@ -21,9 +24,14 @@ def _where(origin: str, element: etree._Element | None) -> str:
     return f"{origin} line {line}" if line else origin
 
 
+def _bad(origin: str, element: etree._Element | None, what: str) -> InputError:
+    """`what` is wrong at `element` of the document `origin`: one line naming the place, and the place as data."""
+    return InputError(f"{_where(origin, element)}: {what}", origin=Origin(origin, _line(element)))
+
+
 def _pci_address(element: etree._Element | None, origin: str, owner: etree._Element) -> PciAddress:
     if element is None:
-        raise InputError(f"{_where(origin, owner)}: PCI hostdev has no <source><address .../>")
+        raise _bad(origin, owner, "PCI hostdev has no <source><address .../>")
     values = {}
     for attr in ("domain", "bus", "slot", "function"):
         raw = element.get(attr)
@@ -34,11 +42,11 @@ def _pci_address(element: etree._Element | None, origin: str, owner: etree._Elem
         try:
             values[attr] = parse_number(raw)
         except InputError as exc:
-            raise InputError(f"{_where(origin, element)}: address {attr}={exc.message}") from None
+            raise _bad(origin, element, f"address {attr}={exc.message}") from None
     try:
         return PciAddress(**values)
     except InputError as exc:
-        raise InputError(f"{_where(origin, element)}: {exc.message}") from None
+        raise _bad(origin, element, exc.message) from None
 
 
 def _managed(element: etree._Element, origin: str) -> bool:
@@ -46,15 +54,47 @@ def _managed(element: etree._Element, origin: str) -> bool:
     if value is None:
         return False  # libvirt's default: the user detaches the device
     if value not in ("yes", "no"):
-        raise InputError(f"{_where(origin, element)}: managed={value!r} must be 'yes' or 'no'")
+        raise _bad(origin, element, f"managed={value!r} must be 'yes' or 'no'")
     return value == "yes"
 
 
 def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:
-    root = parse_xml(data, origin)
+    return read_domain(parse_xml(data, origin), origin)
+
+
+def read_domain(root: etree._Element, origin: str) -> DomainSpec:
+    """The domain document already parsed by `parse_xml`, so that a caller which also validates it (`check`
+    against libvirt's schema) parses each file once."""
     if root.tag != "domain":
         raise InputError(f"{origin}: the root element is <{root.tag}>, not <domain>")
     return _read_domain(root, origin)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device document as given to `virsh attach-device` / `detach-device`: its text, to hand to libvirt,
+    and its PCI requests under the guest's name."""
+
+    xml: str
+    spec: DomainSpec
+
+    @property
+    def addresses(self) -> frozenset[PciAddress]:
+        return self.spec.addresses
+
+
+def parse_device(data: bytes, where: str, domain: DomainSpec | str, uuid: str | None = None) -> Device:
+    """One device element (`<hostdev>`, `<interface>`, ...) as `virsh attach-device` takes it, read with the
+    same parser as a domain document and by the same field readers, in place: line numbers are the
+    element's own. `domain`: the guest it goes to (its name, uuid and <metadata> policy carry over), or just
+    a name."""
+    guest = domain if isinstance(domain, DomainSpec) else DomainSpec(domain, uuid, ())
+    root = parse_xml(data, where, kind="device")
+    if root.tag == "domain":
+        raise InputError(f"{where}: this is a whole domain; give one device element (e.g. <hostdev>)")
+    pci, mdevs, networks = _read_devices([root], where)
+    spec = DomainSpec(guest.name, guest.uuid, pci, mdevs, networks, guest.policy)
+    return Device(etree.tostring(root, encoding="unicode"), spec)
 
 
 def parse_status(data: bytes, origin: str) -> DomainSpec | None:
@@ -65,15 +105,24 @@ def parse_status(data: bytes, origin: str) -> DomainSpec | None:
 
 
 def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
-    name = (root.findtext("name") or "").strip()
-    if not name:
+    # Exactly as written, spaces included: libvirt keeps them, and a guest is identified by its name byte for byte.
+    name = root.findtext("name") or ""
+    if not name.strip():
         raise InputError(f"{origin}: the domain has no <name>")
     uuid = (root.findtext("uuid") or "").strip() or None
 
+    pci, mdevs, networks = _read_devices(root.iterfind("devices/*"), origin)
+    return DomainSpec(name, uuid, pci, mdevs, networks, read_domain_policy(root, origin))
+
+
+def _read_devices(
+    devices: Iterable[etree._Element], origin: str
+) -> tuple[tuple[PciRequest, ...], tuple[MdevRequest, ...], tuple[NetworkRequest, ...]]:
+    """The requests among `devices` (the children of a domain's <devices>, or one device document's root)."""
     pci: list[PciRequest] = []
     mdevs: list[MdevRequest] = []
     networks: list[NetworkRequest] = []
-    for dev in root.iterfind("devices/*"):
+    for dev in devices:
         if dev.tag == "hostdev":
             if dev.get("mode", "subsystem") != "subsystem":
                 continue
@@ -85,7 +134,7 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
                 uuid_el = dev.find("source/address")
                 mdev_uuid = uuid_el.get("uuid") if uuid_el is not None else None
                 if not mdev_uuid:
-                    raise InputError(f"{_where(origin, dev)}: mdev hostdev has no <source><address uuid=.../>")
+                    raise _bad(origin, dev, "mdev hostdev has no <source><address uuid=.../>")
                 mdevs.append(MdevRequest(mdev_uuid, dev.get("model")))
         elif dev.tag == "interface":
             kind = dev.get("type")
@@ -100,10 +149,11 @@ def _read_domain(root: etree._Element, origin: str) -> DomainSpec:
         if request.address in seen:
             raise InputError(
                 f"{origin} line {request.line}: {request.address} is already assigned at line "
-                f"{seen[request.address].line}"
+                f"{seen[request.address].line}",
+                origin=Origin(origin, request.line),
             )
         seen[request.address] = request
-    return DomainSpec(name, uuid, tuple(pci), tuple(mdevs), tuple(networks), read_domain_policy(root, origin))
+    return tuple(pci), tuple(mdevs), tuple(networks)
 
 
 def _read_network_interface(

@@ -6,23 +6,32 @@ Loading is strict: a snapshot that does not say exactly what it means is refused
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 from isogroup.core.address import PciAddress
+from isogroup.core.drivers import DRIVER_NAME
 from isogroup.core.model import Finding, Header, HostTopology, IommuGroup, PciFunction, UseCode
 from isogroup.errors import InputError
+from isogroup.files import FileRefused, read_regular
+from isogroup.formats import jsondoc
 
 FORMAT = "isogroup-host"
 VERSION = 2  # 2 added config-space capabilities (PCIe port type, ACS) and host-use findings
 READABLE_VERSIONS = (1, 2)
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+# A snapshot is an object of lists of flat objects (a finding's or a function's lists nest one level more).
+MAX_DEPTH = 5
+MAX_GROUP = 2**31 - 1  # the kernel numbers IOMMU groups with an int (drivers/iommu/iommu.c, ida_alloc)
+MAX_TEXT = 4096  # a finding's subject or message is a line of text
 
 
 def _function_to_json(f: PciFunction) -> dict[str, Any]:
-    return {
+    doc = {
         "address": str(f.address),
         "vendor": f"{f.vendor:04x}",
         "device": f"{f.device:04x}",
@@ -42,6 +51,10 @@ def _function_to_json(f: PciFunction) -> dict[str, Any]:
         "acs_cap": f.acs_cap,
         "acs_ctrl": f.acs_ctrl,
     }
+    # Optional, written only when known: a snapshot without it (an older isogroup's) reads back the same.
+    if f.subsystem is not None:
+        doc["subsystem"] = f"{f.subsystem[0]:04x}:{f.subsystem[1]:04x}"
+    return doc
 
 
 def to_json(topology: HostTopology) -> dict[str, Any]:
@@ -94,6 +107,19 @@ class _Reader:
         value = self._get(key, (str,), optional=True)
         return value if isinstance(value, str) else None
 
+    def line(self, key: str) -> str:
+        """Free text that a report prints as part of one line: printable, bounded."""
+        text = self.text(key)
+        if len(text) > MAX_TEXT or not text.isprintable():
+            raise InputError(f"{self.where}: {key!r} must be one line of printable text (at most {MAX_TEXT})")
+        return text
+
+    def driver(self, key: str) -> str | None:
+        name = self.opt_text(key)
+        if name is not None and not DRIVER_NAME.fullmatch(name):
+            raise InputError(f"{self.where}: {key!r} is {_shown(name)}, not a kernel driver's name")
+        return name
+
     def flag(self, key: str) -> bool:
         value = self._get(key, (bool,), optional=False)
         return value is True
@@ -108,6 +134,20 @@ class _Reader:
             raise InputError(f"{self.where}: {key!r} must be {digits} lower-case hex digits")
         return int(text, 16)
 
+    def opt_ids(self, key: str) -> tuple[int, int] | None:
+        text = self.opt_text(key)
+        if text is None:
+            return None
+        if not re.fullmatch("[0-9a-f]{4}:[0-9a-f]{4}", text):
+            raise InputError(f"{self.where}: {key!r} must be vvvv:dddd in lower-case hex")
+        return int(text[:4], 16), int(text[5:], 16)
+
+    def group(self, key: str) -> int | None:
+        value = self.opt_int(key)
+        if value is not None and not 0 <= value <= MAX_GROUP:
+            raise InputError(f"{self.where}: {key!r} must be a non-negative integer (at most {MAX_GROUP})")
+        return value
+
     def count(self, key: str) -> int | None:
         value = self.opt_int(key)
         if value is not None and value < 0:
@@ -116,7 +156,7 @@ class _Reader:
 
     def _parse_address(self, key: str, text: str) -> PciAddress:
         try:
-            return PciAddress.parse(text)
+            return _address(text)
         except InputError as exc:
             raise InputError(f"{self.where} {key!r}: {exc.message}") from None
 
@@ -148,9 +188,9 @@ def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
         class_code=r.hex("class", 6),
         header=header,
         multifunction=r.flag("multifunction"),
-        driver=r.opt_text("driver"),
-        driver_override=r.opt_text("driver_override"),
-        iommu_group=r.opt_int("iommu_group"),
+        driver=r.driver("driver"),
+        driver_override=r.driver("driver_override"),
+        iommu_group=r.group("iommu_group"),
         parent=r.opt_address("parent"),
         boot_vga=r.flag("boot_vga"),
         physfn=r.opt_address("physfn"),
@@ -160,6 +200,7 @@ def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
         pcie_type=r.count("pcie_type") if v2 else None,
         acs_cap=r.count("acs_cap") if v2 else None,
         acs_ctrl=r.count("acs_ctrl") if v2 else None,
+        subsystem=r.opt_ids("subsystem"),  # optional in any version: snapshots before it stay readable
     )
 
 
@@ -170,7 +211,7 @@ def _finding_from_json(obj: object, index: int) -> Finding:
         use = UseCode(code)
     except ValueError:
         raise InputError(f"{r.where}: unknown code {code!r}") from None
-    return Finding(r.address("address"), use, r.text("subject"), r.text("message"))
+    return Finding(r.address("address"), use, r.line("subject"), r.line("message"))
 
 
 def from_json(doc: object, source: str = "") -> HostTopology:
@@ -189,9 +230,9 @@ def from_json(doc: object, source: str = "") -> HostTopology:
     groups = []
     for i, g in enumerate(r.items("groups")):
         gr = _Reader(g, f"groups[{i}]")
-        number = gr.opt_int("group")
-        if number is None or number < 0:
-            raise InputError(f"{gr.where}: 'group' must be a non-negative integer")
+        number = gr.group("group")
+        if number is None:
+            raise InputError(f"{gr.where}: 'group' must be a non-negative integer (at most {MAX_GROUP})")
         members = tuple(
             gr._parse_address("members", m) if isinstance(m, str) else _bad(gr.where) for m in gr.items("members")
         )
@@ -239,18 +280,33 @@ def _check_consistent(topology: HostTopology, where: str) -> None:
             raise InputError(f"{where}: {func.address} names group {func.iommu_group}, which does not list it")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> PciAddress:
+    """Each address of a snapshot is written up to four times (the function, its group, its children's parent,
+    a VF's physfn): parsed once. Cached across loads too; a PciAddress is immutable."""
+    return PciAddress.parse(text)
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def loads(data: bytes, source: str) -> HostTopology:
+    """The snapshot in `data`; InputError (one line naming `source`) for anything else."""
+    try:
+        doc = jsondoc.loads(data, max_depth=MAX_DEPTH)
+    except jsondoc.JsonRefused as exc:
+        raise InputError(f"host snapshot {source} is not valid JSON (as a snapshot takes it): {exc}") from None
+    return from_json(doc, source=source)
+
+
 def load(path: Path) -> HostTopology:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SNAPSHOT_BYTES + 1)
-    except OSError as exc:
+        data = read_regular(path, MAX_SNAPSHOT_BYTES)
+    except FileRefused as exc:
+        if exc.errno == errno.EFBIG:
+            raise InputError(f"host snapshot {path} is {exc.strerror}") from None
         raise InputError(f"cannot read host snapshot {path}: {exc.strerror}") from None
-    if len(data) > MAX_SNAPSHOT_BYTES:
-        raise InputError(f"host snapshot {path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
-    try:
-        doc = json.loads(data)
-    except RecursionError:
-        raise InputError(f"host snapshot {path} is nested too deeply to be a snapshot") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"host snapshot {path} is not valid JSON: {exc}") from None
-    return from_json(doc, source=str(path))
+    except OSError as exc:
+        raise InputError(f"cannot read host snapshot {path}: {exc.strerror or exc}") from None
+    return loads(data, str(path))

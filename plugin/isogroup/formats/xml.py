@@ -12,8 +12,9 @@ import re
 from lxml import etree
 
 from isogroup.errors import InputError
+from isogroup.limits import MAX_XML_BYTES
 
-MAX_XML_BYTES = 4 * 1024 * 1024  # libvirt's own domain documents are a few KiB; this is generous
+__all__ = ["MAX_XML_BYTES", "line", "parse_file", "parse_number", "parse_xml"]  # MAX_XML_BYTES: the limit enforced here
 
 
 def _parser() -> etree.XMLParser:
@@ -31,7 +32,8 @@ def parse_xml(data: bytes | str, origin: str, *, kind: str = "domain") -> etree.
     try:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError as exc:
-        raise InputError(f"{origin}: malformed XML: {exc.msg}") from None
+        # libxml2's messages can span lines ("...range\n, line 1, column 26"): one line, always.
+        raise InputError(f"{origin}: malformed XML: {' '.join(str(exc.msg).split())}") from None
     tree = root.getroottree()
     if getattr(tree.docinfo, "doctype", "") or tree.docinfo.internalDTD is not None:
         raise InputError(f"{origin}: a DOCTYPE is not allowed in a {kind} document")

@@ -12,6 +12,7 @@ import io
 import os
 import sys
 
+from isogroup.limits import MAX_XML_BYTES
 from isogroup.paths import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_POLICY, claim_filename
 
 # (operation, sub-operation) pairs that may need work; every other call succeeds doing nothing.
@@ -23,6 +24,32 @@ OPERATIONS = {
     ("migrate", "begin"),
     ("restore", "begin"),
 }
+
+
+# What libvirt could send beyond the limit is drained, not kept, so that it never writes into a closed pipe (a
+# write error would fail the guest's start); past this much a hand-fed stream is abandoned.
+_DRAIN_LIMIT = 16 * MAX_XML_BYTES
+_CHUNK = 1 << 16
+
+
+def read_stdin(stream: io.BufferedIOBase | None) -> bytes | None:
+    """The domain XML: at most MAX_XML_BYTES + 1 bytes are kept (the parser refuses a larger document), the rest
+    is read and dropped. None when there is no stdin to read (closed, or a read error)."""
+    if stream is None:
+        return None
+    kept = bytearray()
+    total = 0
+    try:
+        while total <= _DRAIN_LIMIT:
+            chunk = stream.read(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if len(kept) <= MAX_XML_BYTES:
+                kept += chunk[: MAX_XML_BYTES + 1 - len(kept)]
+    except (OSError, ValueError):  # EBADF/EIO, or a closed file object
+        return None
+    return bytes(kept)
 
 
 def needs_work(name: str, operation: str, sub: str, xml: bytes, ledger_dir: str) -> bool:
@@ -49,8 +76,14 @@ def main(
     name, operation = argv[1], argv[2]
     sub = argv[3] if len(argv) > 3 else "-"
     extra = argv[4] if len(argv) > 4 else "-"
-    # Read all of stdin even when there is nothing to do, so libvirt never writes into a closed pipe.
-    xml = (stdin or sys.stdin.buffer).read()
+    # Read stdin even when there is nothing to do, so libvirt never writes into a closed pipe.
+    xml = read_stdin(stdin if stdin is not None else getattr(sys.stdin, "buffer", None))
+    if xml is None:
+        if (operation, sub) not in OPERATIONS or operation == "release":  # release needs only the name
+            xml = b""
+        else:  # fail closed: without the XML nobody can tell whether the guest has PCI devices
+            sys.stderr.write(f"isogroup: cannot read the domain XML on stdin for {operation} {sub}\n")
+            return 2
     if not needs_work(name, operation, sub, xml, ledger_dir):
         return 0
     from isogroup.hook.run import run  # noqa: PLC0415 - the slow path's imports are paid only when needed

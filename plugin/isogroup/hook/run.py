@@ -3,23 +3,18 @@ operation to the transaction and turns errors into one line on stderr and an exi
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 from isogroup.apply.transaction import Context, Stage, check, prepare, reconnect, release
-from isogroup.errors import ExitCode, IsogroupError
+from isogroup.errors import ExitCode, HostError, InputError, IsogroupError
 from isogroup.formats import policyfile
 from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
-from isogroup.host.probes import ProbeSeams
+from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import Sysfs
-from isogroup.logsetup import to_syslog
+from isogroup.log import log, to_syslog
 from isogroup.paths import DEFAULT_POLICY
-
-log = logging.getLogger("isogroup")
-
-EX_SOFTWARE = 70  # an isogroup bug: never silently let a guest start unprotected
 
 
 def run(
@@ -32,49 +27,57 @@ def run(
     ledger_dir: str,
     sysfs_root: str | None,
     policy_path: str = DEFAULT_POLICY,
-    host: Context | None = None,
+    ctx: Context | None = None,
 ) -> int:
+    """One hook call. `name` is the guest's identity exactly as libvirt passed it in argv, byte for byte: the
+    claim is keyed by it, and the XML's <name> must equal it."""
     to_syslog()
-    origin = f"domain '{name}' XML"
     try:
         # The policy is read on every call that does work: an edit applies to the next guest start.
-        if host is None:
-            host_policy = policyfile.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
-            # The host's use of a device is probed on the live host only; another tree has no /proc to match.
-            kernel = Sysfs.live_host() if sysfs_root is None else Sysfs(sysfs_root)
-            probes = ProbeSeams.live_host(kernel) if kernel.live else None
-            host = Context(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)
+        ctx = ctx if ctx is not None else _context(ledger_dir, sysfs_root, policy_path)
         if operation == "release":
             log.info("%s: release (%s)", name, extra)
-            left = release(host, name)
+            left = release(ctx, name)
             if left is not None:
-                sys.stderr.write(
-                    f"isogroup: could not restore every device of '{name}': run 'isogroup status' and "
-                    "'isogroup recover'\n"
+                raise HostError(
+                    f"could not restore every device of '{name}'", hint="run 'isogroup status' and 'isogroup recover'"
                 )
-                return int(ExitCode.HOST)
             return 0
-        domain = parse_domain(xml, origin=origin)
+        domain = parse_domain(xml, origin=f"domain '{name}' XML")
+        if domain.name != name:
+            # libvirt keeps spaces, tabs and \r in a name; a claim keyed by anything but argv's exact name would
+            # be another guest's, or one that release never finds.
+            raise InputError(
+                f"the domain XML names the guest {domain.name!r}, but libvirt called the hook for {name!r}"
+            )
         if operation == "reconnect":
-            reconnect(host, domain)
+            reconnect(ctx, domain)
         elif operation == "prepare":
-            prepare(host, domain, Stage.PREPARE)
+            prepare(ctx, domain, Stage.PREPARE)
         elif operation == "start":
-            prepare(host, domain, Stage.START)
+            prepare(ctx, domain, Stage.START)
         else:  # migrate, restore: the incoming guest is prepared by the prepare/start calls that follow
-            check(host, domain)
+            check(ctx, domain)
     except IsogroupError as exc:
         if operation == "reconnect":
             # A non-zero exit here makes libvirt kill a running guest: report, never fail.
             log.error("%s: reconnect: %s", name, exc)
             return 0
-        log.error("%s: %s %s refused: %s", name, operation, sub, exc)
-        sys.stderr.write(f"{exc}\n" if str(exc).startswith("isogroup") else f"isogroup: {exc}\n")
+        log.error("%s: %s %s: %s", name, operation, sub, exc)
+        sys.stderr.write(exc.line() + "\n")
         return int(exc.exit_code)
     except Exception as exc:
         log.exception("%s: %s %s: internal error", name, operation, sub)
         if operation == "reconnect":
             return 0
-        sys.stderr.write(f"isogroup: internal error during {operation}: {exc!r} (see the system log)\n")
-        return EX_SOFTWARE
+        sys.stderr.write(f"isogroup: internal error during {operation}: {type(exc).__name__} (see the system log)\n")
+        return int(ExitCode.SOFTWARE)
     return 0
+
+
+def _context(ledger_dir: str, sysfs_root: str | None, policy_path: str) -> Context:
+    host_policy = policyfile.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
+    # The host's use of a device is probed on the live host only; another tree has no /proc to match.
+    kernel = Sysfs.live_host() if sysfs_root is None else Sysfs(sysfs_root)
+    probes = ProbeSeams.live_host(kernel) if kernel.live else None
+    return Context(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)

@@ -4,14 +4,11 @@ whatever state the device is in, so a run that died half-way can simply be repea
 
 from __future__ import annotations
 
-import logging
-
 from isogroup.core.address import PciAddress
 from isogroup.core.drivers import VFIO_PCI, is_vfio_driver
 from isogroup.errors import HostError
 from isogroup.host.sysfs import Sysfs
-
-log = logging.getLogger("isogroup")
+from isogroup.log import log
 
 DRIVERS_PROBE = "bus/pci/drivers_probe"
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from isogroup.core.address import PciAddress
 from isogroup.core.kernel.configspace import CONFIG_SPACE_SIZE, parse_capabilities
-from isogroup.core.model import Header, HostTopology, IommuGroup, PciFunction
+from isogroup.core.model import Finding, Header, HostTopology, IommuGroup, PciFunction
 from isogroup.errors import InputError
-from isogroup.host.probes import ProbeSeams, probe
+from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, PCI_DEVICES, Sysfs
 
 # Config space: the first 64 bytes are readable without root. Byte 0x0e is the header type, bit 7 multifunction.
@@ -58,6 +58,7 @@ def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = Tru
     physfn = sysfs.link_name(f"{base}/physfn")
     parent_name = sysfs.resolve(base).parent.name
     override = sysfs.read(f"{base}/driver_override")
+    sub_vendor, sub_device = _hex(sysfs.read(f"{base}/subsystem_vendor")), _hex(sysfs.read(f"{base}/subsystem_device"))
     return PciFunction(
         address=address,
         vendor=vendor,
@@ -77,6 +78,7 @@ def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = Tru
         pcie_type=caps.pcie_type if caps else None,
         acs_cap=caps.acs_cap if caps else None,
         acs_ctrl=caps.acs_ctrl if caps else None,
+        subsystem=(sub_vendor, sub_device) if sub_vendor is not None and sub_device is not None else None,
     )
 
 
@@ -130,7 +132,13 @@ def read_topology(
             pf = read_function(sysfs, func.physfn, capabilities=capabilities)
             if pf is not None:
                 functions[pf.address] = pf
-    findings = probe(probes, functions) if probes is not None else ()
+    findings: tuple[Finding, ...] = ()
+    if probes is not None and functions:
+        # The probe modules (netlink, /proc scans) are loaded only when there is something to probe: a refusal
+        # for a device that is not there costs the hook none of them.
+        from isogroup.host.probes import probe  # noqa: PLC0415
+
+        findings = tuple(probe(probes, functions))
     return HostTopology.build(
         iommu, functions.values(), groups, source=str(sysfs.root), findings=findings, probed=probes is not None
     )

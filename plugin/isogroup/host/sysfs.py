@@ -9,9 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -103,6 +101,9 @@ class Sysfs:
 
     def modprobe(self, module: str) -> None:
         """Load a kernel module (vfio-pci before the first move). Failure is a HostError naming the module."""
+        import shutil  # noqa: PLC0415 - loaded by the first move only: the hook's refusals never need it
+        import subprocess  # noqa: PLC0415
+
         exe = shutil.which("modprobe", path=os.environ.get("PATH", "") + ":" + _MODPROBE_DIRS)
         if exe is None:
             raise HostError(f"cannot load {module}: modprobe not found")

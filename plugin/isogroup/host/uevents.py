@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import select
 import time
 from collections.abc import Callable
 
 from isogroup.core.address import PciAddress
-
-log = logging.getLogger("isogroup")
+from isogroup.log import log
 
 
 class UeventsUnavailable(Exception):

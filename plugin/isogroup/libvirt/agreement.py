@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from isogroup.core import report
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, Phase
 from isogroup.core.domain import DomainSpec
@@ -20,7 +21,7 @@ from isogroup.core.drivers import VFIO_PCI, is_vfio_driver
 from isogroup.errors import InputError
 from isogroup.formats.domainxml import parse_status
 from isogroup.formats.xml import MAX_XML_BYTES
-from isogroup.libvirt.virt import NodeDevice
+from isogroup.libvirt.virt import NodeDevice, UnreadableNodeDevice
 
 
 class Code(StrEnum):
@@ -32,6 +33,7 @@ class Code(StrEnum):
     GROUP_MISMATCH = "group-mismatch"  # the ledger and libvirt place a device in different groups
     DEVICE_GONE = "device-gone"  # a device the ledger moved is not among libvirt's node devices
     STATUS_MISMATCH = "status-mismatch"  # libvirt's status files and its API disagree on what runs
+    UNREADABLE_NODE = "unreadable-node-device"  # libvirt gave a node device document isogroup cannot read
 
 
 @dataclass(frozen=True)
@@ -157,14 +159,23 @@ def _guest_problems(
 def compare(
     claims: Sequence[Claim],
     running: Sequence[DomainSpec],
-    nodes: Sequence[NodeDevice],
+    nodes: Sequence[NodeDevice | UnreadableNodeDevice],
     status_files: Sequence[DomainSpec] | None = None,
 ) -> list[Disagreement]:
     """Every disagreement between the ledger, libvirt's running guests and its node devices. With
     `status_files` (libvirt's status directory, read by `read_status_dir`), also between those and the API,
-    and the guests' devices are taken from the status files, which name a hostdev network's VF."""
-    out: list[Disagreement] = []
-    by_address = {n.address: n for n in nodes}
+    and the guests' devices are taken from the status files, which name a hostdev network's VF. A node
+    device isogroup could not read is a disagreement of its own, first: whatever the ledger says about the
+    device it describes cannot be checked (a `device-gone` may be that device)."""
+    out: list[Disagreement] = [
+        Disagreement(
+            Code.UNREADABLE_NODE,
+            f"{n.reason}: what the ledger says of that device cannot be checked against libvirt",
+        )
+        for n in nodes
+        if isinstance(n, UnreadableNodeDevice)
+    ]
+    by_address = {n.address: n for n in nodes if isinstance(n, NodeDevice)}
     guests = {s.name: s for s in running}
     if status_files is not None:
         on_disk = {s.name: s for s in status_files}
@@ -209,7 +220,5 @@ def read_status_dir(directory: Path) -> list[DomainSpec]:
 def to_text(uri: str, running: Sequence[str], found: Sequence[Disagreement]) -> str:
     head = f"libvirt at {uri}: {len(running)} running guest(s){': ' if running else ''}{', '.join(running)}"
     if not found:
-        return f"{head}\nlibvirt and the ledger agree\n"
-    lines = [head, f"{len(found)} disagreement(s):"]
-    lines += [f"  [{d.code.value}] {d.message}" for d in found]
-    return "\n".join(lines) + "\n"
+        return report.lines([head, "libvirt and the ledger agree"])
+    return report.lines([head, f"{len(found)} disagreement(s):", *(f"  [{d.code.value}] {d.message}" for d in found)])

@@ -14,10 +14,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from lxml import etree
-
 from isogroup.core.address import PciAddress
 from isogroup.errors import HostError, InputError, IsogroupError
+from isogroup.formats.xml import parse_number, parse_xml
 
 # libvirt's constants (include/libvirt/libvirt-domain.h, virterror.h), stable ABI: named here so that code
 # which only formats or classifies does not need the module.
@@ -173,15 +172,28 @@ class Virt:
             return False
         return True
 
-    def node_devices(self) -> list[NodeDevice]:
-        """Every PCI node device libvirt knows, with the IOMMU group it reports."""
+    def node_devices(self) -> list[NodeDevice | UnreadableNodeDevice]:
+        """Every PCI node device libvirt knows, with the IOMMU group it reports, sorted by address; then those
+        whose documents isogroup cannot read, by name (`agreement.compare` reports them)."""
         libvirt = _libvirt()
         try:
             devices = self._conn.listAllDevices(LIST_NODE_DEVICES_CAP_PCI_DEV)
-            docs = [str(d.XMLDesc(0)) for d in devices]
+            docs = [(str(d.name()), str(d.XMLDesc(0))) for d in devices]
         except libvirt.libvirtError as exc:
             raise HostError(f"cannot list the node devices at {self.uri}: {_message(exc)}") from None
-        return sorted((n for doc in docs if (n := parse_node_device(doc)) is not None), key=lambda n: n.address)
+        read: list[NodeDevice] = []
+        unreadable: list[UnreadableNodeDevice] = []
+        for name, doc in docs:
+            try:
+                node = parse_node_device(doc, f"libvirt's node device {name!r}")
+            except InputError as exc:
+                unreadable.append(UnreadableNodeDevice(name, exc.message))
+                continue
+            if node is None:  # listed as PCI, yet no PCI capability: as unknown as a broken document
+                unreadable.append(UnreadableNodeDevice(name, f"libvirt's node device {name!r} has no PCI capability"))
+            else:
+                read.append(node)
+        return [*sorted(read, key=lambda n: n.address), *sorted(unreadable, key=lambda u: u.name)]
 
     def attach(self, name: str, device_xml: str, flags: int) -> None:
         self._change(name, device_xml, flags, attach=True)
@@ -201,50 +213,48 @@ class Virt:
             raise failure(exc, f"{'attach the device to' if attach else 'detach the device from'} '{name}'") from None
 
 
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+@dataclass(frozen=True)
+class UnreadableNodeDevice:
+    """A node device libvirt listed as PCI whose document isogroup could not read: reported, never dropped,
+    since a device left out would look removed from the host (a false `device-gone`)."""
+
+    name: str
+    reason: str  # one line
 
 
-def _number(text: str | None) -> int | None:
+def _field(name: str, text: str | None, origin: str) -> int:
     if text is None:
-        return None
-    text = text.strip()
+        raise InputError(f"{origin}: no {name}")
     try:
-        return int(text[2:], 16) if text[:2] in ("0x", "0X") else int(text, 10)
-    except ValueError:
-        return None
+        return parse_number(text)
+    except InputError as exc:
+        raise InputError(f"{origin}: {name} {exc.message}") from None
 
 
-def _address_of(element: etree._Element) -> PciAddress | None:
-    values = [_number(element.get(f)) for f in ("domain", "bus", "slot", "function")]
-    if any(v is None for v in values):
-        return None
-    domain, bus, slot, function = (v or 0 for v in values)
+def _address(origin: str, fields: dict[str, str | None]) -> PciAddress:
+    values = [_field(f, fields[f], origin) for f in ("domain", "bus", "slot", "function")]
     try:
-        return PciAddress(domain, bus, slot, function)
-    except InputError:
-        return None
+        return PciAddress(*values)
+    except InputError as exc:
+        raise InputError(f"{origin}: {exc.message}") from None
 
 
-def parse_node_device(xml: str | bytes) -> NodeDevice | None:
-    """A `<device>` document with a `<capability type='pci'>`; None for anything else."""
-    try:
-        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml, _parser())
-    except etree.XMLSyntaxError:
-        return None
+def parse_node_device(xml: str | bytes, origin: str = "node device") -> NodeDevice | None:
+    """A `<device>` document with a `<capability type='pci'>` (libvirt's virNodeDeviceDefFormat: decimal
+    <domain>/<bus>/<slot>/<function>, hex address attributes in <iommuGroup>), through the one parser and the
+    one number grammar; None for a device that is not PCI. InputError for anything it cannot read exactly."""
+    root = parse_xml(xml, origin, kind="node device")
     cap = root.find("capability[@type='pci']")
     if root.tag != "device" or cap is None:
         return None
-    fields = [_number(cap.findtext(f)) for f in ("domain", "bus", "slot", "function")]
-    if any(f is None for f in fields):
-        return None
-    domain, bus, slot, function = (f or 0 for f in fields)
-    try:
-        address = PciAddress(domain, bus, slot, function)
-    except InputError:
-        return None
+    address = _address(origin, {f: cap.findtext(f) for f in ("domain", "bus", "slot", "function")})
     group = cap.find("iommuGroup")
-    number = _number(group.get("number")) if group is not None else None
-    members = tuple(a for e in group.iterfind("address") if (a := _address_of(e))) if group is not None else ()
+    number = members = None
+    if group is not None:
+        number = _field("iommuGroup number", group.get("number"), origin)
+        members = tuple(
+            _address(f"{origin} <iommuGroup>", {f: e.get(f) for f in ("domain", "bus", "slot", "function")})
+            for e in group.iterfind("address")
+        )
     driver = (root.findtext("driver/name") or "").strip() or None
-    return NodeDevice((root.findtext("name") or "").strip(), address, number, members, driver)
+    return NodeDevice((root.findtext("name") or "").strip(), address, number, members or (), driver)

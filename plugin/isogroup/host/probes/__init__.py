@@ -5,7 +5,7 @@
     findings = probe(seams, addresses)                  # tuple[Finding, ...], canonical order
 
 Each probe is a small function over the functions being probed (see its module for what it reads):
-  storage  (storage.py)  mounted filesystems, directly or through dm/md/bcache/btrfs; active swap; LVM PVs;
+  storage  (storage/)    mounted filesystems, directly or through dm/md/bcache/btrfs; active swap; LVM PVs;
                          ZFS pool members; live host: block devices the kernel refuses to open exclusively
   network  (network.py)  interfaces (and those stacked on them) up with addresses, carrying routes, enslaved
   display  (display.py)  the boot VGA device with the VGA or framebuffer console, efifb or simpledrm on it

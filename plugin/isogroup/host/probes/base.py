@@ -121,12 +121,6 @@ class Collector:
             message = f"{target.who}: {UNKNOWN_PREFIX} {whether} ({why})"
             self.unknown[key] = Finding(target.address, UNKNOWN_CODES[family], subject, message)
 
-    def has_use(self, target: Target, code: UseCode | None = None, subject: str | None = None) -> bool:
-        return any(
-            a == target.address and (code is None or c is code) and (subject is None or s == subject)
-            for a, c, s in self.uses
-        )
-
 
 class Context:
     """One probe run: the seams plus what several probes read, each read at most once."""

@@ -25,7 +25,6 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_SITE = 200
-RT_SCOPE_LINK = 253
 RT_SCOPE_HOST = 254
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid

@@ -25,7 +25,6 @@ FAMILY = "network"
 
 IFF_UP = 0x1
 RTF_UP = 0x1
-RTF_GATEWAY = 0x2
 RTF_REJECT = 0x200
 RTF_ANYCAST = 0x100000
 RTF_CACHE = 0x01000000
@@ -160,6 +159,7 @@ def _live_addresses(ctx: Context) -> Addresses:
     found = Addresses()
     for addr in dump:
         name = names.get(str(addr.index))
+        # Link and host scope (253, 254 in include/uapi/linux/rtnetlink.h) do not count, as on a tree.
         if name is not None and addr.scope in (netlink.RT_SCOPE_UNIVERSE, netlink.RT_SCOPE_SITE):
             found.by_iface.setdefault(name, []).append(str(addr))
     return found
