@@ -404,8 +404,8 @@ def test_a_5000_digit_number_is_exit_2_and_one_line(tmp_path: Path, capsys: pyte
     code = main(["groups", "--host", str(path)])
     out, err = capsys.readouterr()
     assert (code, out) == (ExitCode.INPUT, "")
-    assert (
-        err == f"isogroup: host snapshot {path} is not valid JSON (as a snapshot takes it): a number of 5000 digits\n"
+    assert err == (
+        f"isogroup: host snapshot {path} is not valid JSON (as a snapshot takes it): a number of 5000 digits\n"
     )
 
 

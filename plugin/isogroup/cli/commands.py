@@ -8,8 +8,6 @@ import argparse
 import os
 import sys
 
-from isogroup.apply.transaction import Context, recover
-from isogroup.cli import cluster
 from isogroup.cli.inputs import kernel, load_claims, load_host, read_domain_file
 from isogroup.core import report
 from isogroup.core.address import PciAddress
@@ -47,6 +45,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     schema = None if args.no_schema else find_domain_schema()
     domains = [read_domain_file(p, schema) for p in args.domains]
     if fleet:
+        from isogroup.cli import cluster  # noqa: PLC0415 - the cluster side is loaded only when asked for
+
         return cluster.check_fleet(args, domains, policyfile.load(args.policy, required=args.policy is not None))
     scope = {r.address for d in domains for r in d.pci}
     host = load_host(args, scope)
@@ -63,6 +63,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
+    from isogroup.cli import cluster  # noqa: PLC0415 - the cluster side is loaded only when asked for
+
     return cluster.inventory(args)
 
 
@@ -157,6 +159,9 @@ def _corrupt_to_text(corrupt: tuple[CorruptClaim, ...]) -> str:
 def cmd_recover(args: argparse.Namespace) -> int:
     to_syslog()
     ledger = Ledger(args.ledger)
+    # The engine is loaded by the command that moves devices, not by every `check`.
+    from isogroup.apply.transaction import Context, recover  # noqa: PLC0415
+
     left = recover(Context(kernel(args), ledger), set(args.domain) if args.domain else None)
     corrupt = ledger.read_unlocked().corrupt  # recover leaves these alone: nobody knows what they held
     if left or not corrupt:

@@ -86,7 +86,7 @@ def _hotplug_text(device_plan: DomainPlan) -> str:
             mark = "*" if m.requested else " "
             lines.append(f"  {mark}{m.address}  {m.driver or '(none)'}  {m.action.value}  {m.why}")
     lines += [f"note: {n.subject}: {n.message}" for n in device_plan.notes]
-    return "\n".join(lines) + "\n" if lines else ""
+    return report.lines(lines)
 
 
 def detach(args: argparse.Namespace) -> int:
@@ -104,7 +104,7 @@ def detach(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """`status --libvirt`: the ledger, then whether libvirt agrees with it. Exit 1 on any disagreement."""
-    claims = Ledger(args.ledger).read_all_unlocked()
+    claims = Ledger(args.ledger).read_all_unlocked()  # a corrupt claim is exit 4 here: nothing could be compared
     with Virt.open(args.connect, read_only=True) as virt:
         running_domains: list[LibvirtDomain] = virt.domains(active_only=True)
         nodes = virt.node_devices()

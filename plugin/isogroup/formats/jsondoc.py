@@ -14,9 +14,10 @@ import json
 import math
 import re
 
-# A JSON string, quotes included: characters other than quote and backslash, or an escape pair.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+# Every byte but quotes and brackets, deleted by bytes.translate at C speed before any regex runs.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+# A string once its escapes are gone: quote, anything but a quote, quote.
+_STRING = re.compile(rb'"[^"]*"')
 _INNERMOST = re.compile(rb"\[\]|\{\}")
 MAX_NUMBER_CHARS = 40
 
@@ -54,7 +55,10 @@ def _float(text: str) -> float:
 def check_depth(data: bytes, max_depth: int) -> None:
     """Refuse nesting deeper than `max_depth` (or brackets that do not pair up) without recursing: strip the
     strings, keep only the brackets, then remove innermost pairs `max_depth` times; anything left is too deep."""
-    skeleton = _NOT_BRACKET.sub(b"", _STRING.sub(b"", data))
+    # Only `\\` and `\"` can hide a string's end; drop those pairs (left to right, as a decoder reads them), then
+    # everything but quotes and brackets, then the strings, brackets inside them included.
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = _STRING.sub(b"", unescaped.translate(None, _NOT_STRUCTURE))
     opens = skeleton.count(b"[") + skeleton.count(b"{")
     if opens * 2 != len(skeleton):  # cheap first: a megabyte of "[" is refused without a pass per level
         raise JsonRefused("unbalanced brackets")
@@ -83,5 +87,7 @@ def loads(data: bytes, *, max_depth: int) -> object:
         )
     except JsonRefused:
         raise
+    except RecursionError:  # check_depth makes this unreachable for a well-formed document; kept as a backstop
+        raise JsonRefused("nested too deeply") from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise JsonRefused(str(exc)) from None

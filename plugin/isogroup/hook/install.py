@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +75,8 @@ def check_interpreter(python: str) -> None:
     it (-I, a minimal environment, another working directory). A `pip install --user`, a deleted venv or a
     python without lxml would otherwise make libvirt refuse every guest start with PCI passthrough."""
     env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    import subprocess  # noqa: PLC0415 - only install-hook runs it; the CLI's other commands need not load it
+
     try:
         done = subprocess.run(
             [python, "-I", "-c", f"import {HOOK_MODULE}"],

@@ -4,6 +4,7 @@ reads."""
 from __future__ import annotations
 
 from isogroup.core.explain.result import Explanation, Prediction
+from isogroup.core.report import lines
 
 
 def to_json(e: Explanation) -> dict[str, object]:
@@ -62,4 +63,4 @@ def to_text(e: Explanation) -> str:
     out.append("")
     out.append("What would split it:")
     out += [f"  - {s.text}" for s in e.splits]
-    return "\n".join(out) + "\n"
+    return lines(out)  # driver names and ids come from the host or a snapshot: escaped
