@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,27 @@ def test_a_bug_in_a_command_is_exit_70_and_one_line(
     assert json.loads(out)["error"]["exit"] == 70
     with pytest.raises(KeyError):
         main(["--debug", "groups", "--host", host])
+
+
+def test_the_hook_run_has_one_deadline(tmp_path: Path) -> None:
+    """install-hook --timeout bounds the whole run. Over a plain tree (no kernel reacts to the writes) every bind
+    waits in vain: without the deadline each device would wait its own 10 s; with it the run stops after about
+    one second, exit 3, one line."""
+    from isogroup.hook.install import install_hook
+
+    sim, _ = make_host(tmp_path)
+    installed = install_hook(
+        tmp_path / "hooks", python=sys.executable, ledger_dir=str(tmp_path / "run"), sysfs_root=str(sim.root),
+        timeout=1.0,
+    )  # fmt: skip
+    assert "timeout=1.0" in installed.path.read_text()
+    env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
+    start = time.monotonic()
+    done = subprocess.run(
+        [str(installed.path), "g", "prepare", "begin", "-"], input=domain_xml("g", GPU), capture_output=True,
+        env=env, check=False, timeout=60,
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert done.returncode == ExitCode.HOST, done.stderr
+    assert done.stdout == b"" and done.stderr.count(b"\n") == 1 and b"longer than 1 s" in done.stderr, done.stderr
+    assert elapsed < 8, elapsed

@@ -48,16 +48,16 @@ DETACH_WAIT_S = 10.0  # after libvirt's own wait (5 s in the qemu driver) for th
 
 
 @dataclass(frozen=True)
-class Target:
-    """Which of the guest's definitions a change affects, as virsh decides it: --live, --config, both, or
-    neither (the live guest when it runs, its persistent definition when it does not)."""
+class Affected:
+    """Which of the guest's definitions a change affects (libvirt's VIR_DOMAIN_AFFECT_* flags), as virsh decides
+    it: --live, --config, both, or neither (the live guest when it runs, its persistent definition when not)."""
 
     live: bool
     config: bool
     flags: int
 
     @classmethod
-    def of(cls, name: str, active: bool, *, live: bool, config: bool) -> Target:
+    def of(cls, name: str, active: bool, *, live: bool, config: bool) -> Affected:
         if live and not active:
             raise InputError(f"domain '{name}' is not running: --live needs a running guest (use --config)")
         flags = (AFFECT_LIVE if live else AFFECT_CURRENT) | (AFFECT_CONFIG if config else AFFECT_CURRENT)
@@ -84,7 +84,7 @@ def attach_device(
     policy (`ctx.policy`, with the guest's <metadata> adjustments) and, with `probes`, the host's use of
     every device that would leave its driver, as a start does."""
     current = virt.domain(name)
-    target = Target.of(name, current.active, live=live, config=config)
+    target = Affected.of(name, current.active, live=live, config=config)
     spec = spec_of(current)
     device = parse_device(data, where, spec)
     _refuse_duplicates(device, spec if target.live else None, virt, name, config=target.config)
@@ -203,7 +203,7 @@ def detach_device(
     A device already gone from the live guest is not detached again: its groups are restored (a re-run after
     the guest was slow to let go, or a device unplugged with plain virsh)."""
     current = virt.domain(name)
-    target = Target.of(name, current.active, live=live, config=config)
+    target = Affected.of(name, current.active, live=live, config=config)
     spec = spec_of(current)
     device = parse_device(data, where, spec)
     if not target.live:
@@ -232,7 +232,7 @@ def _claimed(ctx: Context, name: str, addresses: Iterable[PciAddress]) -> bool:
     """Whether the guest's claim holds a group of one of `addresses` (read without the lock: a hint only)."""
     topology = read_topology(ctx.kernel, scope=set(addresses))
     groups = {f.iommu_group for f in topology.functions if f.address in set(addresses)}
-    return any(c.domain == name and groups & set(c.groups) for c in ctx.ledger.read_all_unlocked())
+    return any(c.domain == name and groups & set(c.groups) for c in ctx.ledger.read_unlocked().claims)
 
 
 def _wait_until_released(virt: Virt, name: str, addresses: Iterable[PciAddress], wait: float) -> DomainSpec | None:
@@ -265,7 +265,7 @@ def _restore_unused(ctx: Context, name: str, addresses: Iterable[PciAddress], re
     topology = read_topology(ctx.kernel, scope=wanted | still)
     used = {f.iommu_group for a in still if (f := topology.function(a)) is not None}
     freed = {g for a in wanted if (f := topology.function(a)) is not None and (g := f.iommu_group) is not None}
-    held = {g for c in ctx.ledger.read_all_unlocked() if c.domain == name for g in c.groups}
+    held = {g for c in ctx.ledger.read_unlocked().claims if c.domain == name for g in c.groups}
     freed = (freed - used) & held
     if not freed:
         return ()

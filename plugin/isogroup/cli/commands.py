@@ -108,6 +108,7 @@ def cmd_install_hook(args: argparse.Namespace) -> int:
         ledger_dir=str(args.ledger),
         sysfs_root=str(args.sysfs) if args.sysfs is not None else None,
         policy_path=str(args.policy or DEFAULT_POLICY),
+        timeout=args.timeout,
     )
     sys.stderr.write(f"installed {installed.path}\n")
     if installed.first_hook:

@@ -13,6 +13,7 @@ from isogroup.cli import commands
 from isogroup.core import report
 from isogroup.errors import ExitCode, IsogroupError, RefusedError
 from isogroup.hook.install import DEFAULT_HOOKS_DIR
+from isogroup.limits import HOOK_TIMEOUT_S
 from isogroup.paths import DEFAULT_LEDGER_DIR
 
 
@@ -22,6 +23,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"isogroup: {message} (see 'isogroup --help')\n")
         sys.exit(ExitCode.INPUT)
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse turns the ValueError into a usage error, exit 2)."""
+    value = float(text)
+    if not 0 < value < 86400:
+        raise ValueError(text)
+    return value
 
 
 def _add_host_options(p: argparse.ArgumentParser, *, fleet: bool = False) -> None:
@@ -133,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-hook", help="install the libvirt qemu hook as a qemu.d drop-in")
     p.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR, metavar="DIR")
     p.add_argument("--policy", type=Path, metavar="FILE", help="the hook's policy (default: /etc/isogroup/policy.toml)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=HOOK_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"the longest one hook run may take; past it the run rolls back what it can and exits 3 "
+        f"(default {HOOK_TIMEOUT_S:g})",
+    )
     _add_state_options(p, sysfs=True)
     p.set_defaults(func=commands.cmd_install_hook)
 

@@ -12,7 +12,7 @@ import io
 import os
 import sys
 
-from isogroup.limits import MAX_XML_BYTES
+from isogroup.limits import HOOK_TIMEOUT_S, MAX_XML_BYTES
 from isogroup.paths import CLAIMS, DEFAULT_LEDGER_DIR, DEFAULT_POLICY, claim_filename
 
 # (operation, sub-operation) pairs that may need work; every other call succeeds doing nothing.
@@ -68,6 +68,7 @@ def main(
     ledger_dir: str = DEFAULT_LEDGER_DIR,
     sysfs_root: str | None = None,  # None: the live host's /sys; a tree only in tests
     policy_path: str = DEFAULT_POLICY,
+    timeout: float = HOOK_TIMEOUT_S,
 ) -> int:
     argv = sys.argv if argv is None else argv
     if len(argv) < 3:
@@ -88,4 +89,14 @@ def main(
         return 0
     from isogroup.hook.run import run  # noqa: PLC0415 - the slow path's imports are paid only when needed
 
-    return run(name, operation, sub, extra, xml, ledger_dir=ledger_dir, sysfs_root=sysfs_root, policy_path=policy_path)
+    return run(
+        name,
+        operation,
+        sub,
+        extra,
+        xml,
+        ledger_dir=ledger_dir,
+        sysfs_root=sysfs_root,
+        policy_path=policy_path,
+        timeout=timeout,
+    )

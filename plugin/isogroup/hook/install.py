@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isogroup.errors import InputError
+from isogroup.limits import HOOK_TIMEOUT_S
 from isogroup.paths import DEFAULT_LEDGER_DIR, DEFAULT_POLICY
 
 DEFAULT_HOOKS_DIR = Path("/etc/libvirt/hooks")
@@ -29,7 +30,9 @@ def hook_script(
     ledger_dir: str = DEFAULT_LEDGER_DIR,
     sysfs_root: str | None = None,
     policy_path: str = DEFAULT_POLICY,
+    *,
     marker: str = MARKER,
+    timeout: float = HOOK_TIMEOUT_S,
 ) -> str:
     """The executable libvirt runs. `-I`: the hook ignores PYTHON* variables, the current directory and the
     user's site-packages (so a `pip install --user` is not enough: `check_interpreter` says so)."""
@@ -40,6 +43,8 @@ def hook_script(
         options += f", sysfs_root={sysfs_root!r}"
     if policy_path != DEFAULT_POLICY:
         options += f", policy_path={policy_path!r}"
+    if timeout != HOOK_TIMEOUT_S:
+        options += f", timeout={timeout!r}"
     return (
         f"#!{python} -I\n"
         f"{marker}\n"
@@ -104,6 +109,8 @@ def install_hook(
     ledger_dir: str = DEFAULT_LEDGER_DIR,
     sysfs_root: str | None = None,
     policy_path: str = DEFAULT_POLICY,
+    *,
+    timeout: float = HOOK_TIMEOUT_S,
 ) -> Installed:
     drop_in = hooks_dir / "qemu.d"
     target = drop_in / HOOK_NAME
@@ -120,7 +127,7 @@ def install_hook(
     try:
         drop_in.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = drop_in / f".{HOOK_NAME}.tmp"
-        tmp.write_text(hook_script(python, ledger_dir, sysfs_root, policy_path))
+        tmp.write_text(hook_script(python, ledger_dir, sysfs_root, policy_path, timeout=timeout))
         tmp.chmod(0o755)
         os.replace(tmp, target)
     except OSError as exc:

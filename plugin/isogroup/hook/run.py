@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from isogroup.apply.deadline import Deadline
 from isogroup.apply.transaction import Context, Stage, check, prepare, reconnect, release
 from isogroup.errors import ExitCode, HostError, InputError, IsogroupError
 from isogroup.formats import policyfile
@@ -13,6 +14,7 @@ from isogroup.formats.domainxml import parse_domain
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import Sysfs
+from isogroup.limits import HOOK_TIMEOUT_S
 from isogroup.log import log, to_syslog
 from isogroup.paths import DEFAULT_POLICY
 
@@ -28,13 +30,14 @@ def run(
     sysfs_root: str | None,
     policy_path: str = DEFAULT_POLICY,
     ctx: Context | None = None,
+    timeout: float = HOOK_TIMEOUT_S,
 ) -> int:
     """One hook call. `name` is the guest's identity exactly as libvirt passed it in argv, byte for byte: the
     claim is keyed by it, and the XML's <name> must equal it."""
     to_syslog()
     try:
         # The policy is read on every call that does work: an edit applies to the next guest start.
-        ctx = ctx if ctx is not None else _context(ledger_dir, sysfs_root, policy_path)
+        ctx = ctx if ctx is not None else _context(ledger_dir, sysfs_root, policy_path, timeout)
         if operation == "release":
             log.info("%s: release (%s)", name, extra)
             left = release(ctx, name)
@@ -75,9 +78,11 @@ def run(
     return 0
 
 
-def _context(ledger_dir: str, sysfs_root: str | None, policy_path: str) -> Context:
+def _context(ledger_dir: str, sysfs_root: str | None, policy_path: str, timeout: float) -> Context:
+    """The live host's seams (or a tree's, in tests), the host's policy, and one deadline for the whole run."""
+    deadline = Deadline.after(timeout)
     host_policy = policyfile.load(Path(policy_path), required=policy_path != DEFAULT_POLICY)
     # The host's use of a device is probed on the live host only; another tree has no /proc to match.
     kernel = Sysfs.live_host() if sysfs_root is None else Sysfs(sysfs_root)
     probes = ProbeSeams.live_host(kernel) if kernel.live else None
-    return Context(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes)
+    return Context(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes, deadline=deadline)
