@@ -135,10 +135,21 @@ def test_requested_already_on_vfio_is_kept(managed: bool) -> None:
     assert p.ok
 
 
-@pytest.mark.parametrize("source", list(Source))
+@pytest.mark.parametrize("source", [s for s in Source if s is not Source.RESERVATION])
 def test_every_request_source_is_planned_alike(source: Source) -> None:
+    """Every way a domain names a device; a reservation is not a domain libvirt runs (see below)."""
     p = plan(dom(req("3b:02.0", True, source)), host(fn("3b:02.0", "iavf", 9)))
     assert member(p, "3b:02.0").action is Action.LIBVIRT
+
+
+def test_a_reservation_moves_its_devices_itself_and_lets_guests_use_its_group() -> None:
+    """No libvirt comes for a reservation: isogroup binds its devices; a guest may then plan on the group."""
+    topo = host(fn("3b:02.0", "iavf", 9))
+    p = plan(dom(req("3b:02.0", True, Source.RESERVATION), name="reservation/9"), topo)
+    assert member(p, "3b:02.0").action is Action.MOVE and p.ok
+    assert plan(dom(req("3b:02.0", True), name="guest"), topo, holders={9: "reservation/9"}).ok
+    refused = plan(dom(req("3b:02.0", True), name="guest"), topo, holders={9: "other-guest"})
+    assert [p.code for p in refused.problems] == [ProblemCode.GROUP_CLAIMED]
 
 
 # ----------------------------------------------------------------------------------------------------- problems

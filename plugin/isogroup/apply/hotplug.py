@@ -39,7 +39,6 @@ from isogroup.core.planner import plan
 from isogroup.errors import HostError, InputError, IsogroupError
 from isogroup.formats.domainxml import Device, parse_device
 from isogroup.host.hostscan import read_topology
-from isogroup.host.probes import ProbeSeams
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import AFFECT_CONFIG, AFFECT_CURRENT, AFFECT_LIVE, Virt
 from isogroup.log import log
@@ -77,11 +76,10 @@ def attach_device(
     *,
     live: bool = False,
     config: bool = False,
-    probes: ProbeSeams | None = None,
 ) -> DomainPlan:
     """Returns the device's plan once libvirt attached it. RefusedError (nothing changed) when isolation
     would break; libvirt's refusal re-raised after this run's moves are undone. The plan weighs the host's
-    policy (`ctx.policy`, with the guest's <metadata> adjustments) and, with `probes`, the host's use of
+    policy (`ctx.policy`, with the guest's <metadata> adjustments) and, with `ctx.probes`, the host's use of
     every device that would leave its driver, as a start does."""
     current = virt.domain(name)
     target = Affected.of(name, current.active, live=live, config=config)
@@ -91,7 +89,7 @@ def attach_device(
 
     if not target.live:
         # Only the persistent definition changes: nothing moves now, the hook isolates the group at start.
-        topology = read_topology(ctx.kernel, scope=device.addresses, probes=probes)
+        topology = read_topology(ctx.kernel, scope=device.addresses, probes=ctx.probes)
         device_plan = plan(device.spec, topology, policy=ctx.policy)
         if not device_plan.ok:
             raise device_plan.refused()
@@ -101,7 +99,7 @@ def attach_device(
 
     # Read libvirt before taking the ledger's lock, never while holding it.
     running = [spec_of(d) for d in virt.domains(active_only=True)]
-    change = _apply(ctx, device.spec, running, probes)
+    change = _apply(ctx, device.spec, running)
     try:
         virt.attach(name, device.xml, target.flags)
     # BaseException: an interrupt while libvirt attaches must still undo the moves (see transaction.apply_plan).
@@ -146,23 +144,23 @@ def _attached_anyway(virt: Virt, name: str, device: Device) -> bool:
 
 
 def _plan_device(
-    ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], ledger: Mapping[int, str], probes: ProbeSeams | None
+    ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], ledger: Mapping[int, str]
 ) -> tuple[DomainPlan, HostTopology]:
     # The running guests' devices are read only for their groups; host use is probed for this device's groups.
     theirs = read_topology(ctx.kernel, scope={r.address for s in running for r in s.pci})
-    topology = read_topology(ctx.kernel, scope={r.address for r in spec.pci}, probes=probes)
+    topology = read_topology(ctx.kernel, scope={r.address for r in spec.pci}, probes=ctx.probes)
     return plan(spec, topology, groups_in_use(ledger, running, theirs), ctx.policy), topology
 
 
-def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec], probes: ProbeSeams | None) -> Change:
+def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec]) -> Change:
     # A refusal is decided before taking the lock, so that it creates nothing, not even the ledger directory;
     # the plan is made again under the lock, where it counts.
-    first, _ = _plan_device(ctx, spec, running, settled_claims(ctx), probes)
+    first, _ = _plan_device(ctx, spec, running, settled_claims(ctx))
     if not first.ok:
         raise first.refused()
     with locked(ctx) as session:
         finish_interrupted(ctx, session)
-        device_plan, topology = _plan_device(ctx, spec, running, session.holders(), probes)
+        device_plan, topology = _plan_device(ctx, spec, running, session.holders())
         if not device_plan.ok:
             raise device_plan.refused()
         if not device_plan.groups:

@@ -24,7 +24,7 @@ from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.core.policy import Policy
-from isogroup.errors import HostError, IsogroupError, StateError
+from isogroup.errors import HostError, IsogroupError, RefusedError, StateError
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
 from isogroup.host.ledger import Ledger, LedgerSession
@@ -332,11 +332,22 @@ def _raise_if_late(ctx: Context, left: Claim | None) -> None:
         raise out_of_time(ctx, "restoring its devices", left)
 
 
-def release(ctx: Context, domain: str) -> Claim | None:
-    """Put back what `domain` holds. Idempotent; returns the claim left behind when a restore failed."""
+def release(ctx: Context, domain: str, *, unless_in_use: bool = False) -> Claim | None:
+    """Put back what `domain` holds. Idempotent; returns the claim left behind when a restore failed.
+    `unless_in_use` (a reservation): refuse, changing nothing, while a guest runs on one of its groups; decided
+    under the same lock as the restore, so no guest can start on it in between."""
     with locked(ctx) as session:
         finish_interrupted(ctx, session)
         claim = session.claim(domain)
+        if unless_in_use and claim is not None:
+            current = session.holders()
+            for group in claim.groups:
+                if current.get(group, domain) != domain:
+                    raise RefusedError(
+                        f"IOMMU group {group} is in use by guest '{current[group]}': stop it first",
+                        domain=domain,
+                        codes=("group-claimed",),
+                    )
         left = _restore_claim(ctx, session, claim) if claim is not None else None
         _raise_if_late(ctx, left)
         return left

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from isogroup.cli.inputs import load_claims, load_host
 from isogroup.core import fleet, report
+from isogroup.core.claims import is_reservation
 from isogroup.core.domain import DomainSpec
 from isogroup.core.export import kubevirt, neutral, nfd, nova, proxmox
 from isogroup.core.inventory import judge
@@ -26,7 +27,8 @@ def inventory(args: argparse.Namespace) -> int:
     node = args.node or (args.host.stem if args.host is not None else socket.gethostname())
     holders = load_claims(args)
     policy = policyfile.load(args.policy, required=args.policy is not None)
-    inv = judge(host, node, holders, policy)
+    reservations = {group: holder for group, holder in holders.items() if is_reservation(holder)}
+    inv = judge(host, node, holders, policy, reservations=reservations)
     if args.format == "json":
         sys.stdout.write(report.dumps(neutral.to_json(inv)))
     elif args.format == "nova":

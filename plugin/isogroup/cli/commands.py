@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from isogroup.cli.inputs import kernel, load_claims, load_host, read_domain_file
+from isogroup.cli.inputs import engine_context, kernel, load_claims, load_host, read_domain_file
 from isogroup.core import report
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Phase
@@ -171,6 +171,27 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if any(c.phase is Phase.FAILED for c in left):
         return ExitCode.HOST
     return ExitCode.STATE if corrupt else ExitCode.OK
+
+
+def cmd_reserve(args: argparse.Namespace) -> int:
+    to_syslog()
+    from isogroup.apply.reserve import reserve  # noqa: PLC0415 - the engine only for commands that move
+
+    plans = reserve(engine_context(args), dict.fromkeys(args.groups))
+    sys.stdout.write(report.plans_to_text(plans))
+    return ExitCode.OK
+
+
+def cmd_unreserve(args: argparse.Namespace) -> int:
+    to_syslog()
+    from isogroup.apply.reserve import unreserve  # noqa: PLC0415
+
+    left = unreserve(engine_context(args), dict.fromkeys(args.groups))
+    if left:
+        sys.stdout.write(report.claims_to_text(left))
+        return ExitCode.HOST
+    sys.stdout.write(report.lines([f"IOMMU group {g} given back to the host" for g in dict.fromkeys(args.groups)]))
+    return ExitCode.OK
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

@@ -8,12 +8,15 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from isogroup.core.address import PciAddress
+from isogroup.core.claims import holders
 from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
+from isogroup.core.policy import DEFAULT
 from isogroup.errors import InputError, Origin, StateError
-from isogroup.formats import snapshot
+from isogroup.formats import policyfile, snapshot
 from isogroup.formats.domainxml import read_domain
 from isogroup.formats.schema import validate_tree
 from isogroup.formats.xml import parse_xml
@@ -23,6 +26,9 @@ from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
 from isogroup.limits import MAX_XML_BYTES
 from isogroup.paths import DEFAULT_LEDGER_DIR
+
+if TYPE_CHECKING:
+    from isogroup.apply.transaction import Context
 
 
 def load_host(args: argparse.Namespace, scope: Iterable[PciAddress] | None = None) -> HostTopology:
@@ -107,4 +113,16 @@ def load_claims(args: argparse.Namespace) -> dict[int, str]:
             claims = []
     else:
         return {}
-    return {g: c.domain for c in claims for g in c.groups}
+    return holders(claims)
+
+
+def engine_context(args: argparse.Namespace) -> Context:
+    """What a command that moves devices works with: the kernel (`--sysfs`, or the live host), the ledger, the
+    host's policy (`--policy`, where the command takes one) and, on the live host only, the host-use probes: a
+    --sysfs tree has no /proc to probe with."""
+    from isogroup.apply.transaction import Context  # noqa: PLC0415 - the engine only for commands that move
+
+    sysfs = kernel(args)
+    host_policy = policyfile.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
+    probes = ProbeSeams.live_host(sysfs) if sysfs.live else None
+    return Context(sysfs, Ledger(args.ledger), policy=host_policy, probes=probes)

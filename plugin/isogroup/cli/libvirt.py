@@ -7,17 +7,14 @@ import argparse
 import sys
 
 from isogroup.apply.hotplug import attach_device, detach_device
-from isogroup.apply.transaction import Context
-from isogroup.cli.inputs import kernel, load_claims, load_host, read_input
+from isogroup.cli.inputs import engine_context, load_claims, load_host, read_input
 from isogroup.core import report
 from isogroup.core.domain import DomainSpec
 from isogroup.core.plan import DomainPlan
 from isogroup.core.planner import plan
-from isogroup.core.policy import DEFAULT
 from isogroup.errors import ExitCode
 from isogroup.formats import policyfile
 from isogroup.host.ledger import Ledger, claim_to_json
-from isogroup.host.probes import ProbeSeams
 from isogroup.libvirt import agreement
 from isogroup.libvirt.live import groups_in_use, spec_of
 from isogroup.libvirt.virt import LibvirtDomain, Virt
@@ -48,30 +45,18 @@ def check(args: argparse.Namespace) -> int:
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
 
 
-def _context(args: argparse.Namespace) -> Context:
-    host_policy = policyfile.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
-    return Context(kernel(args), Ledger(args.ledger), policy=host_policy)
-
-
-def _probes(args: argparse.Namespace) -> ProbeSeams | None:
-    """Host use is probed on the live host, as for `check`; a --sysfs tree has no /proc to probe with."""
-    sysfs = kernel(args)
-    return ProbeSeams.live_host(sysfs) if sysfs.live else None
-
-
 def attach(args: argparse.Namespace) -> int:
     to_syslog()
     data = read_input(args.file)
     with Virt.open(args.connect, read_only=False) as virt:
         device_plan = attach_device(
-            _context(args),
+            engine_context(args),
             virt,
             args.domain,
             data,
             str(args.file),
             live=args.live,
             config=args.config,
-            probes=_probes(args),
         )
     sys.stdout.write(_hotplug_text(device_plan))
     sys.stdout.write(f"device from {args.file} attached to '{args.domain}'\n")
@@ -94,7 +79,14 @@ def detach(args: argparse.Namespace) -> int:
     data = read_input(args.file)
     with Virt.open(args.connect, read_only=False) as virt:
         freed = detach_device(
-            _context(args), virt, args.domain, data, str(args.file), live=args.live, config=args.config, wait=args.wait
+            engine_context(args),
+            virt,
+            args.domain,
+            data,
+            str(args.file),
+            live=args.live,
+            config=args.config,
+            wait=args.wait,
         )
     sys.stdout.write(f"device from {args.file} detached from '{args.domain}'\n")
     if freed:

@@ -33,6 +33,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _group(text: str) -> int:
+    """An IOMMU group number: decimal, as /sys/kernel/iommu_groups names them (argparse: a usage error, exit 2)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or int(text) > 2**31 - 1:
+        raise ValueError(text)
+    return int(text)
+
+
 def _add_host_options(p: argparse.ArgumentParser, *, fleet: bool = False) -> None:
     src = p.add_mutually_exclusive_group()
     if fleet:  # check: several snapshots make it a fleet check (which hosts can run each domain)
@@ -192,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the guest may take to release the device (default 10)",
     )
     p.set_defaults(func=commands.cmd_detach_device)
+
+    p = sub.add_parser(
+        "reserve",
+        help="bind whole IOMMU groups to vfio-pci ahead of time (for KubeVirt), with the hook's refusals; a guest "
+        "later started on a reserved group runs on the reservation",
+    )
+    p.add_argument("groups", nargs="+", type=_group, metavar="GROUP", help="an IOMMU group number")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
+    _add_state_options(p, sysfs=True)
+    p.set_defaults(func=commands.cmd_reserve)
+
+    p = sub.add_parser(
+        "unreserve", help="give reserved IOMMU groups back to their original drivers (refused while a guest runs)"
+    )
+    p.add_argument("groups", nargs="+", type=_group, metavar="GROUP", help="an IOMMU group number")
+    _add_state_options(p, sysfs=True)
+    p.set_defaults(func=commands.cmd_unreserve)
 
     p = sub.add_parser(
         "recover",

@@ -61,6 +61,21 @@ class Claim:
         return any(d.group == group for d in self.devices)
 
 
+# A reservation (`isogroup reserve`) holds a group bound to vfio-pci ahead of time for a scheduler that needs it so
+# (KubeVirt). Its claim is named for the group; libvirt refuses '/' in a domain's name, so no guest is called so.
+RESERVATION_PREFIX = "reservation/"
+
+
+def reservation_name(group: int) -> str:
+    return f"{RESERVATION_PREFIX}{group}"
+
+
+def is_reservation(holder: str) -> bool:
+    return holder.startswith(RESERVATION_PREFIX)
+
+
 def holders(claims: Iterable[Claim]) -> dict[int, str]:
-    """Group -> holding guest, for the planner."""
-    return {g: c.domain for c in claims for g in c.groups}
+    """Group -> its holder, for the planner. A guest running on a reserved group holds it over the reservation,
+    so that a second guest is refused while the first still uses it."""
+    ordered = sorted(claims, key=lambda c: not is_reservation(c.domain))  # reservations first, guests win
+    return {g: c.domain for c in ordered for g in c.groups}

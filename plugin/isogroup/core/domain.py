@@ -16,6 +16,7 @@ class Source(StrEnum):
     HOSTDEV = "hostdev"  # <hostdev mode='subsystem' type='pci'>
     INTERFACE = "interface"  # <interface type='hostdev'>: an SR-IOV VF given as a NIC
     NETWORK = "network"  # <interface type='network'> whose hostdev pool libvirt already picked a VF from
+    RESERVATION = "reservation"  # `isogroup reserve`: a member isogroup binds ahead of time, with no libvirt
 
 
 @dataclass(frozen=True)

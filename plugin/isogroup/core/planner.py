@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from isogroup.core.address import PciAddress
-from isogroup.core.claims import GroupHolders
-from isogroup.core.domain import DomainSpec, PciRequest
+from isogroup.core.claims import GroupHolders, is_reservation
+from isogroup.core.domain import DomainSpec, PciRequest, Source
 from isogroup.core.drivers import VFIO_PCI, is_vfio_driver, is_viable_driver
 from isogroup.core.model import HostTopology, PciFunction
 from isogroup.core.plan import Action, DomainPlan, GroupPlan, MemberPlan, Note, Problem, ProblemCode
@@ -77,7 +77,8 @@ def plan(
     groups = []
     for number in sorted(group_numbers):
         owner = holders.get(number)
-        if owner is not None and owner != domain.name:
+        # A reservation's group is there to be used: a guest asking for its devices runs on its binding.
+        if owner is not None and owner != domain.name and not is_reservation(owner):
             problems.append(
                 Problem(
                     ProblemCode.GROUP_CLAIMED,
@@ -124,7 +125,7 @@ def _apply_policy(
                 f"{func.address} ({func.driver}, class {func.class_code:06x}) would leave its driver, but the "
                 f"policy ({policy.source}) denies moving it",
             )
-        elif member.action is Action.MOVE and policy.mode is Mode.STRICT:
+        elif member.action is Action.MOVE and policy.mode is Mode.STRICT and not member.requested:
             blocked = Problem(
                 ProblemCode.STRICT_MODE,
                 func.address,
@@ -219,6 +220,8 @@ def _plan_member(func: PciFunction, request: PciRequest | None) -> tuple[MemberP
             return member(Action.BLOCKED, f"requested, but a PF with {func.vfs_enabled} VFs enabled"), None
         if is_vfio_driver(func.driver):
             return member(Action.KEEP, f"requested; already {on}"), None
+        if request.source is Source.RESERVATION:  # no libvirt will come: isogroup binds it itself
+            return member(Action.MOVE, f"reserved {on}: must move to {VFIO_PCI} ahead of time"), None
         if request.managed:
             # libvirt detaches it after the prepare hook and reattaches it at stop (FIELD.md §2).
             return member(

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from isogroup.core.claims import Claim
+from isogroup.core.claims import Claim, is_reservation
 from isogroup.core.drivers import is_viable_driver
 from isogroup.core.model import HostTopology, IommuGroup
 from isogroup.core.plan import DomainPlan
@@ -144,7 +144,8 @@ def claims_to_text(claims: Sequence[Claim]) -> str:
         return "no claims: isogroup holds no IOMMU group and has moved no device\n"
     out = []
     for c in claims:
-        out.append(f"guest '{c.domain}': {c.phase.value}, IOMMU group(s) {', '.join(map(str, c.groups)) or '-'}")
+        holder = "reservation" if is_reservation(c.domain) else f"guest '{c.domain}'"
+        out.append(f"{holder}: {c.phase.value}, IOMMU group(s) {', '.join(map(str, c.groups)) or '-'}")
         for d in c.devices:
             was = d.original_driver or "(no driver)"
             out.append(f"  {d.address}  group {d.group}  {d.state.value}, originally on {was}")
