@@ -28,25 +28,33 @@ them apart from the uses; see base.UNKNOWN_CODES for their codes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from isogroup.core.address import PciAddress
 from isogroup.core.model import Finding
-from isogroup.host.probes import devices, display, network, nodes, storage
 from isogroup.host.probes.base import UNKNOWN_CODES, UNKNOWN_PREFIX, Collector, Context, ProbeSeams, Target
 
 Probe = Callable[[Context, Iterable[Target], Collector], None]
 
-PROBES: tuple[tuple[str, Probe], ...] = (
-    ("storage", storage.probe),
-    ("network", network.probe),
-    ("display", display.probe),
-    ("usb", devices.probe_input),
-    ("sriov", devices.probe_sriov),
-    ("mdev", devices.probe_mdev),
-    ("open", nodes.probe),
-)
+
+@functools.cache
+def probes() -> tuple[tuple[str, Probe], ...]:
+    """Every probe, by family. Their modules (netlink, /proc scans, label decoders) are imported on the first
+    probe, not with this package: ProbeSeams is needed wherever a host is read, a probe only where one runs, and
+    a hook refusing a device that is not there pays for none of them."""
+    from isogroup.host.probes import devices, display, network, nodes, storage  # noqa: PLC0415
+
+    return (
+        ("storage", storage.probe),
+        ("network", network.probe),
+        ("display", display.probe),
+        ("usb", devices.probe_input),
+        ("sriov", devices.probe_sriov),
+        ("mdev", devices.probe_mdev),
+        ("open", nodes.probe),
+    )
 
 
 def _order(finding: Finding) -> tuple[PciAddress, str, str]:
@@ -70,7 +78,7 @@ def probe_report(seams: ProbeSeams, addresses: Iterable[PciAddress]) -> ProbeRep
     targets = [t for a in sorted(set(addresses)) if (t := ctx.target(a)) is not None]
     out = Collector()
     if targets:
-        for _family, run in PROBES:
+        for _family, run in probes():
             run(ctx, targets, out)
     return ProbeReport(tuple(sorted(out.uses.values(), key=_order)), tuple(sorted(out.unknown.values(), key=_order)))
 
@@ -79,4 +87,4 @@ def probe(seams: ProbeSeams, addresses: Iterable[PciAddress]) -> tuple[Finding, 
     return probe_report(seams, addresses).findings
 
 
-__all__ = ["PROBES", "UNKNOWN_CODES", "UNKNOWN_PREFIX", "ProbeReport", "ProbeSeams", "probe", "probe_report"]
+__all__ = ["UNKNOWN_CODES", "UNKNOWN_PREFIX", "ProbeReport", "ProbeSeams", "probe", "probe_report", "probes"]
