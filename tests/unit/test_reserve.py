@@ -4,7 +4,6 @@ through the same engine, ledger and refusals as a guest start, and under the sam
 from __future__ import annotations
 
 import errno
-import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ from fakes.hostfixtures import (
     make_host,
     tree_digest,
 )
-from fakes.simkernel import FailNth, Faults, KillAt, KillWhen, SimKernel
+from fakes.simkernel import FailNth, Faults, KillWhen, SimKernel
+from fakes.sweeps import killed_at_every_write
 from isogroup.apply.reserve import reserve, unreserve
 from isogroup.apply.transaction import Context, Stage, prepare, recover, release
 from isogroup.cli.main import main
@@ -118,16 +118,7 @@ def _reserve_in_child(root: str) -> None:
 @pytest.mark.parametrize("when", list(KillWhen))
 def test_a_sigkill_at_every_single_write_of_a_reservation_strands_nothing(tmp_path: Path, when: KillWhen) -> None:
     total = _writes_of_a_clean_reservation(tmp_path)
-    fork = multiprocessing.get_context("fork")
-    for n in range(1, total + 1):
-        root = tmp_path / f"k{n}"
-        sim, ctx = make_host(root)
-        sim.set_faults(Faults(kill=(KillAt(n, when),)))
-        child = fork.Process(target=_reserve_in_child, args=(str(root),))
-        child.start()
-        child.join(30)
-        assert child.exitcode == -9, f"write {n}: the child was not killed (exit {child.exitcode})"
-        sim.set_faults(Faults())
+    for root, sim, ctx in killed_at_every_write(tmp_path, total, when, _reserve_in_child):
         # The next run of anything (here a guest start elsewhere) finishes what the dead reservation left.
         prepare(ctx, parse_domain(domain_xml("bystander", NIC)), Stage.PREPARE)
         release(ctx, "bystander")

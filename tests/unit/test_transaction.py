@@ -30,6 +30,7 @@ from fakes.hostfixtures import (
     tree_digest,
 )
 from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
+from fakes.sweeps import killed_at_every_write
 from isogroup.apply.deadline import Deadline
 from isogroup.apply.transaction import Context, Stage, prepare, reconnect, recover, release, release_groups
 from isogroup.core.claims import DeviceState, Phase
@@ -272,16 +273,7 @@ def _prepare_in_child(root: str) -> None:
 @pytest.mark.parametrize("when", list(KillWhen))
 def test_a_sigkill_at_every_single_write_strands_nothing(tmp_path: Path, when: KillWhen) -> None:
     total = _writes_of_a_clean_run(tmp_path)
-    ctx = multiprocessing.get_context("fork")
-    for n in range(1, total + 1):
-        root = tmp_path / f"k{n}"
-        sim, host = make_host(root)
-        sim.set_faults(Faults(kill=(KillAt(n, when),)))
-        child = ctx.Process(target=_prepare_in_child, args=(str(root),))
-        child.start()
-        child.join(30)
-        assert child.exitcode == -9, f"write {n}: the child was not killed (exit {child.exitcode})"
-        sim.set_faults(Faults())
+    for root, sim, host in killed_at_every_write(tmp_path, total, when, _prepare_in_child):
         # The next hook run, for any guest, finishes what the dead run left.
         prepare(host, parse_domain(domain_xml("bystander", NIC)), Stage.PREPARE)
         release(host, "bystander")
