@@ -113,8 +113,8 @@ def cmd_install_hook(args: argparse.Namespace) -> int:
     sys.stderr.write(f"installed {installed.path}\n")
     if installed.first_hook:
         sys.stderr.write(
-            "libvirt had no qemu hook before: restart the daemon once so it sees this one "
-            "(systemctl restart libvirtd, or virtqemud on modular daemons)\n"
+            "libvirt had no qemu hook before: reload the daemon once so it sees this one "
+            "(systemctl reload libvirtd, or virtqemud on modular daemons: SIGHUP re-reads which hooks exist)\n"
         )
     return ExitCode.OK
 
