@@ -12,12 +12,14 @@ from pathlib import Path
 from isogroup.core.address import PciAddress
 from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
+from isogroup.core.variants import NO_VARIANTS, VariantTable
 from isogroup.errors import InputError, Origin, StateError
 from isogroup.formats import snapshot
 from isogroup.formats.domainxml import read_domain
 from isogroup.formats.schema import validate_tree
 from isogroup.formats.xml import parse_xml
 from isogroup.host.hostscan import read_topology
+from isogroup.host.kmod import read_variants, running_kernel
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
@@ -32,6 +34,19 @@ def load_host(args: argparse.Namespace, scope: Iterable[PciAddress] | None = Non
         return snapshot.load(args.host)
     sysfs = kernel(args)
     return read_topology(sysfs, scope, probes=probe_seams(args, sysfs))
+
+
+def load_variants(args: argparse.Namespace) -> VariantTable:
+    """`--modules-alias FILE`; else the running kernel's file when the host is the live one (the kernel that
+    will bind the devices); else none: a snapshot or a --sysfs tree does not say which kernel it came from."""
+    given = getattr(args, "modules_alias", None)
+    if given is not None:
+        if not given.exists():
+            raise InputError(f"{given}: no such file")
+        return read_variants(given)
+    if args.host is None and args.sysfs is None:
+        return read_variants(running_kernel())
+    return NO_VARIANTS
 
 
 def kernel(args: argparse.Namespace) -> Sysfs:

@@ -8,7 +8,7 @@ import sys
 
 from isogroup.apply.hotplug import attach_device, detach_device
 from isogroup.apply.transaction import Context
-from isogroup.cli.inputs import kernel, load_claims, load_host, read_input
+from isogroup.cli.inputs import kernel, load_claims, load_host, load_variants, read_input
 from isogroup.core import report
 from isogroup.core.domain import DomainSpec
 from isogroup.core.plan import DomainPlan
@@ -16,6 +16,7 @@ from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT
 from isogroup.errors import ExitCode
 from isogroup.formats import policyfile
+from isogroup.host.kmod import running_kernel
 from isogroup.host.ledger import Ledger, claim_to_json
 from isogroup.host.probes import ProbeSeams
 from isogroup.libvirt import agreement
@@ -43,14 +44,17 @@ def check(args: argparse.Namespace) -> int:
     host = load_host(args, scope)
     claims = groups_in_use(load_claims(args), running, host)
     host_policy = policyfile.load(args.policy, required=args.policy is not None)
-    plans = [plan(s, host, claims, host_policy) for s in specs]
+    variants = load_variants(args)
+    plans = [plan(s, host, claims, host_policy, variants=variants) for s in specs]
     _write_plans(args, plans)
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
 
 
 def _context(args: argparse.Namespace) -> Context:
     host_policy = policyfile.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
-    return Context(kernel(args), Ledger(args.ledger), policy=host_policy)
+    sysfs = kernel(args)
+    modules_alias = running_kernel() if sysfs.live else None  # the kernel that binds: the live host's only
+    return Context(sysfs, Ledger(args.ledger), policy=host_policy, modules_alias=modules_alias)
 
 
 def _probes(args: argparse.Namespace) -> ProbeSeams | None:
