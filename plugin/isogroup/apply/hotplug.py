@@ -90,7 +90,7 @@ def attach_device(
     if not target.live:
         # Only the persistent definition changes: nothing moves now, the hook isolates the group at start.
         topology = read_topology(ctx.kernel, scope=device.addresses, probes=ctx.probes)
-        device_plan = plan(device.spec, topology, policy=ctx.policy)
+        device_plan = plan(device.spec, topology, policy=ctx.policy, variants=ctx.variants)
         if not device_plan.ok:
             raise device_plan.refused()
         virt.attach(name, device.xml, target.flags)
@@ -149,7 +149,7 @@ def _plan_device(
     # The running guests' devices are read only for their groups; host use is probed for this device's groups.
     theirs = read_topology(ctx.kernel, scope={r.address for s in running for r in s.pci})
     topology = read_topology(ctx.kernel, scope={r.address for r in spec.pci}, probes=ctx.probes)
-    return plan(spec, topology, groups_in_use(ledger, running, theirs), ctx.policy), topology
+    return plan(spec, topology, groups_in_use(ledger, running, theirs), ctx.policy, variants=ctx.variants), topology
 
 
 def _apply(ctx: Context, spec: DomainSpec, running: Sequence[DomainSpec]) -> Change:

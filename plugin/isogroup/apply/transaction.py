@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
 
 from isogroup.apply.deadline import Deadline
 from isogroup.core.address import PciAddress
@@ -24,9 +26,11 @@ from isogroup.core.plan import Action, DomainPlan
 from isogroup.core.planner import plan
 from isogroup.core.policy import DEFAULT as DEFAULT_POLICY
 from isogroup.core.policy import Policy
+from isogroup.core.variants import VariantTable
 from isogroup.errors import HostError, IsogroupError, RefusedError, StateError
 from isogroup.host.devices import move_to_vfio, restore
 from isogroup.host.hostscan import read_topology
+from isogroup.host.kmod import read_variants
 from isogroup.host.ledger import Ledger, LedgerSession
 from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, Sysfs
@@ -54,6 +58,14 @@ class Context:
     policy: Policy = DEFAULT_POLICY
     probes: ProbeSeams | None = None  # host-use probes; None: plans say host use was not probed
     deadline: Deadline | None = None  # None: each wait has only its own timeout
+    # The running kernel's modules.alias (`kmod.running_kernel()` on the live host), whose vfio_pci: aliases
+    # choose each device's VFIO driver; None: vfio-pci for every device.
+    modules_alias: Path | None = None
+
+    @cached_property
+    def variants(self) -> VariantTable:
+        """Read once per run, on the first plan that needs it (a release never does)."""
+        return read_variants(self.modules_alias)
 
     def wait(self, timeout: float) -> float:
         """How long one wait may last. Once the deadline passed, 0: a wait still looks once, which is enough for
@@ -103,7 +115,7 @@ def locked(ctx: Context) -> Iterator[LedgerSession]:
 
 def _plan(ctx: Context, session: LedgerSession, domain: DomainSpec) -> tuple[DomainPlan, HostTopology]:
     topology = read_topology(ctx.kernel, scope={r.address for r in domain.pci}, probes=ctx.probes, capabilities=False)
-    return plan(domain, topology, session.holders(), ctx.policy), topology
+    return plan(domain, topology, session.holders(), ctx.policy, variants=ctx.variants), topology
 
 
 def settled_claims(ctx: Context) -> dict[int, str]:
@@ -116,7 +128,7 @@ def settled_claims(ctx: Context) -> dict[int, str]:
 
 def _plan_unlocked(ctx: Context, domain: DomainSpec) -> DomainPlan:
     topology = read_topology(ctx.kernel, scope={r.address for r in domain.pci}, probes=ctx.probes, capabilities=False)
-    return plan(domain, topology, settled_claims(ctx), ctx.policy)
+    return plan(domain, topology, settled_claims(ctx), ctx.policy, variants=ctx.variants)
 
 
 def check(ctx: Context, domain: DomainSpec) -> DomainPlan:
@@ -184,11 +196,12 @@ def apply_plan(
         groups=tuple(sorted({*claim.groups, *new_groups})),
     )
     change = Change(domain.name, domain_plan, stage, before, (), new_groups)
-    moves = [(g.group, m.address) for g in domain_plan.groups for m in g.to_move]
+    moves = [(g.group, m) for g in domain_plan.groups for m in g.to_move]
     try:
         if moves and not ctx.kernel.exists(Sysfs.driver_dir(VFIO_PCI)):
             ctx.kernel.modprobe(VFIO_PCI)
-        for group, address in moves:
+        for group, member in moves:
+            address = member.address
             if ctx.late():
                 raise HostError(f"{address} was not moved yet")
             func = topology.by_address[address]
@@ -202,8 +215,11 @@ def apply_plan(
             claim = session.write(claim.with_device(replace(record, state=DeviceState.MOVING)))
             if known is None:
                 change = replace(change, moved=(*change.moved, address))
-            log.info("%s: moving %s (group %d) from %s to %s", domain.name, address, group, func.driver, VFIO_PCI)
-            move_to_vfio(ctx.kernel, address, ctx.wait(ctx.bind_timeout))
+            target = member.target or VFIO_PCI
+            log.info("%s: moving %s (group %d) from %s to %s", domain.name, address, group, func.driver, target)
+            # The ledger keeps the original driver and override only: release puts those back whichever VFIO
+            # driver (a variant, or vfio-pci after a fallback) the device ended on.
+            move_to_vfio(ctx.kernel, address, ctx.wait(ctx.bind_timeout), target)
             claim = claim.with_device(replace(record, state=DeviceState.MOVED))
         _verify(ctx, domain_plan, stage)
         session.write(claim if running else replace(claim, phase=Phase.ACTIVE))

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from isogroup.cli.inputs import engine_context, kernel, load_claims, load_host, read_domain_file
+from isogroup.cli.inputs import engine_context, kernel, load_claims, load_host, load_variants, read_domain_file
 from isogroup.core import report
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Phase
@@ -54,7 +54,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     host_policy = policyfile.load(args.policy, required=args.policy is not None)
     # Probing the live host without root leaves much unknown: say so, and leave the verdict to a root run.
     lenient = host.probed and args.host is None and args.sysfs is None and os.geteuid() != 0
-    plans = [plan(d, host, claims, host_policy, unknown_refuses=not lenient) for d in domains]
+    variants = load_variants(args)
+    plans = [plan(d, host, claims, host_policy, unknown_refuses=not lenient, variants=variants) for d in domains]
     if args.format == "json":
         sys.stdout.write(report.dumps(report.plans_to_json(plans)))
     else:

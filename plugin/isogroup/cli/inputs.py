@@ -15,12 +15,14 @@ from isogroup.core.claims import holders
 from isogroup.core.domain import DomainSpec
 from isogroup.core.model import HostTopology
 from isogroup.core.policy import DEFAULT
+from isogroup.core.variants import NO_VARIANTS, VariantTable
 from isogroup.errors import InputError, Origin, StateError
 from isogroup.formats import policyfile, snapshot
 from isogroup.formats.domainxml import read_domain
 from isogroup.formats.schema import validate_tree
 from isogroup.formats.xml import parse_xml
 from isogroup.host.hostscan import read_topology
+from isogroup.host.kmod import read_variants, running_kernel
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes import ProbeSeams
 from isogroup.host.sysfs import Sysfs
@@ -38,6 +40,19 @@ def load_host(args: argparse.Namespace, scope: Iterable[PciAddress] | None = Non
         return snapshot.load(args.host)
     sysfs = kernel(args)
     return read_topology(sysfs, scope, probes=probe_seams(args, sysfs))
+
+
+def load_variants(args: argparse.Namespace) -> VariantTable:
+    """`--modules-alias FILE`; else the running kernel's file when the host is the live one (the kernel that
+    will bind the devices); else none: a snapshot or a --sysfs tree does not say which kernel it came from."""
+    given = getattr(args, "modules_alias", None)
+    if given is not None:
+        if not given.exists():
+            raise InputError(f"{given}: no such file")
+        return read_variants(given)
+    if args.host is None and args.sysfs is None:
+        return read_variants(running_kernel())
+    return NO_VARIANTS
 
 
 def kernel(args: argparse.Namespace) -> Sysfs:
@@ -118,11 +133,12 @@ def load_claims(args: argparse.Namespace) -> dict[int, str]:
 
 def engine_context(args: argparse.Namespace) -> Context:
     """What a command that moves devices works with: the kernel (`--sysfs`, or the live host), the ledger, the
-    host's policy (`--policy`, where the command takes one) and, on the live host only, the host-use probes: a
-    --sysfs tree has no /proc to probe with."""
+    host's policy (`--policy`, where the command takes one) and, on the live host only, the host-use probes and
+    the running kernel's modules.alias: a --sysfs tree has no /proc to probe with, nor a kernel that binds."""
     from isogroup.apply.transaction import Context  # noqa: PLC0415 - the engine only for commands that move
 
     sysfs = kernel(args)
     host_policy = policyfile.load(args.policy, required=args.policy is not None) if "policy" in args else DEFAULT
     probes = ProbeSeams.live_host(sysfs) if sysfs.live else None
-    return Context(sysfs, Ledger(args.ledger), policy=host_policy, probes=probes)
+    modules_alias = running_kernel() if sysfs.live else None
+    return Context(sysfs, Ledger(args.ledger), policy=host_policy, probes=probes, modules_alias=modules_alias)

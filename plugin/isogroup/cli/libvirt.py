@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from isogroup.apply.hotplug import attach_device, detach_device
-from isogroup.cli.inputs import engine_context, load_claims, load_host, read_input
+from isogroup.cli.inputs import engine_context, load_claims, load_host, load_variants, read_input
 from isogroup.core import report
 from isogroup.core.domain import DomainSpec
 from isogroup.core.plan import DomainPlan
@@ -40,7 +40,8 @@ def check(args: argparse.Namespace) -> int:
     host = load_host(args, scope)
     claims = groups_in_use(load_claims(args), running, host)
     host_policy = policyfile.load(args.policy, required=args.policy is not None)
-    plans = [plan(s, host, claims, host_policy) for s in specs]
+    variants = load_variants(args)
+    plans = [plan(s, host, claims, host_policy, variants=variants) for s in specs]
     _write_plans(args, plans)
     return ExitCode.OK if all(p.ok for p in plans) else ExitCode.REFUSED
 

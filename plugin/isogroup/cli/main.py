@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_options(p, fleet=True)
     p.add_argument("--ledger", type=Path, metavar="DIR", help="take claims from this ledger (live host: /run/isogroup)")
     p.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default: /etc/isogroup/policy.toml)")
+    p.add_argument(
+        "--modules-alias",
+        type=Path,
+        metavar="FILE",
+        help="the host kernel's modules.alias, whose vfio_pci: aliases choose each device's VFIO driver "
+        "(live host: /lib/modules/$(uname -r)/modules.alias; a snapshot or --sysfs tree: none, so vfio-pci)",
+    )
     _add_format(p)
     p.set_defaults(func=commands.cmd_check)
 

@@ -25,6 +25,9 @@ class PciRequest:
     managed: bool
     source: Source
     line: int | None = None
+    # <driver model='NAME'/>: the VFIO driver libvirt binds instead of the one it would pick from modules.alias
+    # (libvirt ≥ 10; src/conf/schemas/basictypes.rng `hostdevDriver`, shared by <hostdev> and <interface>).
+    model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from isogroup.errors import RefusedError
 
 
 class Action(StrEnum):
-    MOVE = "move"  # isogroup binds it to vfio-pci before the guest starts and restores it at release
+    MOVE = "move"  # isogroup binds it to a VFIO driver before the guest starts and restores it at release
     LIBVIRT = "libvirt"  # managed='yes': libvirt itself detaches it after the prepare hook and reattaches it
     KEEP = "keep"  # already safe for VFIO where it is: no driver, a vfio driver, pci-stub or pcieport
     BLOCKED = "blocked"  # can never be made safe; the matching problem says why
@@ -53,6 +53,10 @@ class MemberPlan:
     why: str
     requested: bool  # named in the domain XML (as opposed to pulled in by its group)
     ids: str = ""  # vendor:device, for people reading the report
+    # The VFIO driver it will be on: for `move`, the one isogroup binds (it falls back to vfio-pci when that
+    # variant is absent or refuses the device); for `libvirt`, the one libvirt ≥ 10 binds (core.variants).
+    # None for members that stay where they are.
+    target: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from dataclasses import replace
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import GroupHolders, is_reservation
 from isogroup.core.domain import DomainSpec, PciRequest, Source
-from isogroup.core.drivers import VFIO_PCI, is_vfio_driver, is_viable_driver
+from isogroup.core.drivers import is_vfio_driver, is_viable_driver
 from isogroup.core.model import HostTopology, PciFunction
 from isogroup.core.plan import Action, DomainPlan, GroupPlan, MemberPlan, Note, Problem, ProblemCode
 from isogroup.core.policy import DEFAULT, Mode, Policy, ProbeAction, merge
+from isogroup.core.variants import NO_VARIANTS, VariantTable, choose
 
 
 def plan(
@@ -24,9 +25,12 @@ def plan(
     policy: Policy = DEFAULT,
     *,
     unknown_refuses: bool = True,
+    variants: VariantTable = NO_VARIANTS,
 ) -> DomainPlan:
     """`unknown_refuses` False turns a probe's "could not tell" into a warning: for a person checking the live
-    host without root, who is told to run as root for a verdict. The hook and snapshots always fail closed."""
+    host without root, who is told to run as root for a verdict. The hook and snapshots always fail closed.
+    `variants`: the running kernel's vfio_pci: aliases, from which each leaving member's VFIO driver is chosen
+    (none: vfio-pci)."""
     holders = holders or {}
     problems: list[Problem] = []
     notes = list(_notes(domain))
@@ -87,7 +91,7 @@ def plan(
                     "devices from another group",
                 )
             )
-        group_plan, group_problems = _plan_group(number, host, requests)
+        group_plan, group_problems = _plan_group(number, host, requests, variants)
         group_plan, policy_problems, policy_notes = _apply_policy(group_plan, host, policy, unknown_refuses)
         groups.append(group_plan)
         problems.extend(group_problems + policy_problems)
@@ -152,7 +156,9 @@ def _apply_policy(
             blocked = blocked or problems[-1]
         if blocked is not None:
             on = f"on {member.driver}" if member.driver else "with no driver"
-            members.append(replace(member, action=Action.BLOCKED, why=f"{on}: must stay ({blocked.code.value})"))
+            members.append(
+                replace(member, action=Action.BLOCKED, why=f"{on}: must stay ({blocked.code.value})", target=None)
+            )
         else:
             members.append(member)
     return GroupPlan(group_plan.group, tuple(members)), problems, notes
@@ -192,7 +198,7 @@ def _request_problems(request: PciRequest, func: PciFunction) -> list[Problem]:
 
 
 def _plan_group(
-    number: int, host: HostTopology, requests: Mapping[PciAddress, PciRequest]
+    number: int, host: HostTopology, requests: Mapping[PciAddress, PciRequest], variants: VariantTable
 ) -> tuple[GroupPlan, list[Problem]]:
     group = host.by_group[number]
     members = []
@@ -201,16 +207,18 @@ def _plan_group(
         func = host.function(address)
         if func is None:  # a snapshot's group names a function it lacks: from_json refuses those
             continue
-        member, problem = _plan_member(func, requests.get(address))
+        member, problem = _plan_member(func, requests.get(address), variants)
         members.append(member)
         if problem is not None:
             problems.append(problem)
     return GroupPlan(number, tuple(members)), problems
 
 
-def _plan_member(func: PciFunction, request: PciRequest | None) -> tuple[MemberPlan, Problem | None]:
-    def member(action: Action, why: str) -> MemberPlan:
-        return MemberPlan(func.address, func.driver, action, why, request is not None, func.ids)
+def _plan_member(
+    func: PciFunction, request: PciRequest | None, variants: VariantTable
+) -> tuple[MemberPlan, Problem | None]:
+    def member(action: Action, why: str, target: str | None = None) -> MemberPlan:
+        return MemberPlan(func.address, func.driver, action, why, request is not None, func.ids, target)
 
     on = f"on {func.driver}" if func.driver else "with no driver"
     if request is not None:
@@ -221,14 +229,17 @@ def _plan_member(func: PciFunction, request: PciRequest | None) -> tuple[MemberP
         if is_vfio_driver(func.driver):
             return member(Action.KEEP, f"requested; already {on}"), None
         if request.source is Source.RESERVATION:  # no libvirt will come: isogroup binds it itself
-            return member(Action.MOVE, f"reserved {on}: must move to {VFIO_PCI} ahead of time"), None
+            target = choose(variants, func, request.model).driver
+            return member(Action.MOVE, f"reserved {on}: must move to {target} ahead of time", target), None
         if request.managed:
-            # libvirt detaches it after the prepare hook and reattaches it at stop (FIELD.md §2).
+            # libvirt detaches it after the prepare hook and reattaches it at stop (FIELD.md §2), binding the
+            # driver its <driver model> names or the best vfio_pci: alias of modules.alias (core.variants).
             return member(
                 Action.LIBVIRT,
                 f"requested, managed='yes': libvirt detaches it from {func.driver}"
                 if func.driver
                 else "requested, managed='yes': libvirt binds it",
+                choose(variants, func, request.model).driver,
             ), None
         # managed='no' and not detached: already a problem for the request; nothing will move it.
         return member(Action.BLOCKED, f"requested, managed='no', {on}"), None
@@ -248,7 +259,8 @@ def _plan_member(func: PciFunction, request: PciRequest | None) -> tuple[MemberP
             func.address,
             f"{func.address} shares the group and has {func.vfs_enabled} SR-IOV VFs enabled, which vfio-pci refuses",
         )
-    return member(Action.MOVE, f"{on}: must move to {VFIO_PCI} for the group to be viable"), None
+    target = choose(variants, func).driver
+    return member(Action.MOVE, f"{on}: must move to {target} for the group to be viable", target), None
 
 
 def _notes(domain: DomainSpec) -> tuple[Note, ...]:

@@ -44,6 +44,7 @@ def plans_to_json(plans: Sequence[DomainPlan]) -> list[dict[str, Any]]:
                             "ids": m.ids,
                             "driver": m.driver,
                             "action": m.action.value,
+                            "target": m.target,
                             "requested": m.requested,
                             "why": m.why,
                         }
@@ -71,9 +72,14 @@ def plans_to_text(plans: Sequence[DomainPlan]) -> str:
         for g in p.groups:
             out.append(f"  IOMMU group {g.group}")
             width = max((len(_driver(m.driver)) for m in g.members), default=0)
+            # The driver a leaving member goes to ("-> vfio-pci"), in its own column; blank for those that stay.
+            goes = {m.address: f"-> {m.target}" if m.target else "" for m in g.members}
+            to = max(map(len, goes.values()), default=0)
             for m in g.members:
                 mark = "*" if m.requested else " "
-                out.append(f"   {mark}{m.address}  {m.ids}  {_driver(m.driver):<{width}}  {m.action.value:<7}  {m.why}")
+                driver, action = f"{_driver(m.driver):<{width}}", f"{m.action.value:<7}"
+                target = f"{goes[m.address]:<{to}}  " if to else ""
+                out.append(f"   {mark}{m.address}  {m.ids}  {driver}  {action}  {target}{m.why}")
         for pr in p.problems:
             out.append(f"  problem [{pr.code.value}]: {pr.message}")
         for n in p.notes:

@@ -13,6 +13,7 @@ from lxml import etree
 
 from isogroup.core.address import PciAddress
 from isogroup.core.domain import DomainSpec, MdevRequest, NetworkRequest, PciRequest, Source
+from isogroup.core.drivers import DRIVER_NAME
 from isogroup.errors import InputError, Origin
 from isogroup.formats.policyfile import read_domain_policy
 from isogroup.formats.xml import line as _line
@@ -56,6 +57,20 @@ def _managed(element: etree._Element, origin: str) -> bool:
     if value not in ("yes", "no"):
         raise _bad(origin, element, f"managed={value!r} must be 'yes' or 'no'")
     return value == "yes"
+
+
+def _model(element: etree._Element, origin: str) -> str | None:
+    """`<driver model='NAME'/>` of a PCI hostdev (or of an <interface type='hostdev'> or its <actual>): the one
+    hostdevDriver element of libvirt's schema (src/conf/schemas/basictypes.rng: attributes name = kvm|vfio|xen
+    and model, a genericName), read by virDeviceHostdevPCIDriverInfoParseXML (src/conf/device_conf.c). The
+    name goes into sysfs paths (drivers/NAME/bind), so it must be a driver name."""
+    driver = element.find("driver")
+    model = driver.get("model") if driver is not None else None
+    if model is None:
+        return None
+    if DRIVER_NAME.fullmatch(model) is None:
+        raise _bad(origin, driver, f"<driver model={model[:80]!r}/> is not a driver name")
+    return model
 
 
 def parse_domain(data: bytes | str, origin: str = "domain XML") -> DomainSpec:
@@ -129,7 +144,7 @@ def _read_devices(
             kind = dev.get("type")
             if kind == "pci":
                 address = _pci_address(dev.find("source/address"), origin, dev)
-                pci.append(PciRequest(address, _managed(dev, origin), Source.HOSTDEV, _line(dev)))
+                pci.append(PciRequest(address, _managed(dev, origin), Source.HOSTDEV, _line(dev), _model(dev, origin)))
             elif kind == "mdev":
                 uuid_el = dev.find("source/address")
                 mdev_uuid = uuid_el.get("uuid") if uuid_el is not None else None
@@ -140,7 +155,9 @@ def _read_devices(
             kind = dev.get("type")
             if kind == "hostdev":
                 address = _pci_address(dev.find("source/address"), origin, dev)
-                pci.append(PciRequest(address, _managed(dev, origin), Source.INTERFACE, _line(dev)))
+                pci.append(
+                    PciRequest(address, _managed(dev, origin), Source.INTERFACE, _line(dev), _model(dev, origin))
+                )
             elif kind == "network":
                 _read_network_interface(dev, origin, pci, networks)
 
@@ -165,6 +182,6 @@ def _read_network_interface(
     actual = dev.find("actual")
     if actual is not None and actual.get("type") == "hostdev":
         address = _pci_address(actual.find("source/address"), origin, actual)
-        pci.append(PciRequest(address, _managed(actual, origin), Source.NETWORK, _line(actual)))
+        pci.append(PciRequest(address, _managed(actual, origin), Source.NETWORK, _line(actual), _model(actual, origin)))
     else:
         networks.append(NetworkRequest(network))

@@ -11,6 +11,7 @@ from isogroup.apply.transaction import Context, Stage, check, prepare, reconnect
 from isogroup.errors import ExitCode, HostError, InputError, IsogroupError
 from isogroup.formats import policyfile
 from isogroup.formats.domainxml import parse_domain
+from isogroup.host.kmod import running_kernel
 from isogroup.host.ledger import Ledger
 from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import Sysfs
@@ -85,4 +86,13 @@ def _context(ledger_dir: str, sysfs_root: str | None, policy_path: str, timeout:
     # The host's use of a device is probed on the live host only; another tree has no /proc to match.
     kernel = Sysfs.live_host() if sysfs_root is None else Sysfs(sysfs_root)
     probes = ProbeSeams.live_host(kernel) if kernel.live else None
-    return Context(kernel, Ledger(Path(ledger_dir)), policy=host_policy, probes=probes, deadline=deadline)
+    # Likewise the running kernel's modules.alias (which VFIO variant driver each device goes to).
+    modules_alias = running_kernel() if kernel.live else None
+    return Context(
+        kernel,
+        Ledger(Path(ledger_dir)),
+        policy=host_policy,
+        probes=probes,
+        deadline=deadline,
+        modules_alias=modules_alias,
+    )
