@@ -900,6 +900,9 @@ def _make_device(root: Path, topology: HostTopology, func: PciFunction, paths: M
         _write_attr(dev / "sriov_totalvfs", f"{func.sriov_totalvfs}\n", _RO)
     if func.sriov_numvfs is not None:
         _write_attr(dev / "sriov_numvfs", f"{func.sriov_numvfs}\n", 0o664)
+    if func.reset_methods:  # drivers/pci/pci.c: the file is hidden when the kernel has no reset for it
+        _write_attr(dev / "reset_method", " ".join(func.reset_methods) + "\n", _RW)
+        _write_attr(dev / "reset", "", _WO)
     if func.is_bridge:
         _write_attr(dev / "secondary_bus_number", f"{secondary}\n", _RO)
         _write_attr(dev / "subordinate_bus_number", f"{subordinate}\n", _RO)
