@@ -12,7 +12,7 @@ from pathlib import Path
 from fakes.probetree import HostTree
 from fakes.simkernel import make_function, make_topology
 from isogroup.core.address import PciAddress
-from isogroup.core.model import Header, HostTopology
+from isogroup.core.model import Header, HostTopology, PciFunction
 
 PORT, NIC0, NIC1, AHCI = "0000:00:1c.0", "0000:02:00.0", "0000:02:00.1", "0000:00:17.0"
 GPU, GPU_AUDIO, GPU2 = "0000:01:00.0", "0000:01:00.1", "0000:03:00.0"
@@ -43,7 +43,53 @@ def shared_bus_nic() -> HostTopology:
     )
 
 
-def nvidia_host(root: Path, *, second_gpu: bool = False) -> HostTree:
+def matisse_onchip() -> HostTopology:
+    """AMD Matisse's internal GPP bridge 00:08.1 [1022:1484] (a root port with ACS, cap 0x5f ctrl 0x1d as the
+    amd-b450 sample's GPP ports) and its on-chip functions on bus 0e, each with ACS (cap 0x1f, ctrl 0x1d) and so a
+    group of its own: 0e:00.0 [1022:148a], the PSP/CCP 0e:00.1 [1022:1485], the xHCI 0e:00.3 [1022:149c], the
+    HD Audio 0e:00.4 [1022:1487]. drivers/pci/quirks.c quirk_no_flr removes FLR from 1487 and 149c; their PM reset
+    is taken as unavailable (assumed), so the kernel has no method of their own for them; 0e:00.0, probed first,
+    shows the stale "bus"."""
+    acs = {"capabilities_read": True, "pcie_type": 0, "acs_cap": 0x1F, "acs_ctrl": 0x1D}
+
+    def onchip(
+        addr: str, cls: int, driver: str | None, group: int, device: int, methods: tuple[str, ...]
+    ) -> PciFunction:
+        f = make_function(
+            addr,
+            class_code=cls,
+            driver=driver,
+            group=group,
+            parent="0000:00:08.1",
+            multifunction=True,
+            vendor=0x1022,
+            device=device,
+        )
+        return replace(f, reset_methods=methods, **acs)  # type: ignore[arg-type]
+
+    host_bridge = make_function("0000:00:00.0", class_code=0x060000, vendor=0x1022, device=0x1480)
+    port = make_function(
+        "0000:00:08.1",
+        class_code=0x060400,
+        driver="pcieport",
+        group=21,
+        header=Header.BRIDGE,
+        vendor=0x1022,
+        device=0x1484,
+    )
+    return make_topology(
+        [
+            replace(host_bridge, capabilities_read=True),
+            replace(port, capabilities_read=True, pcie_type=4, acs_cap=0x5F, acs_ctrl=0x1D, reset_methods=("pm",)),
+            onchip("0000:0e:00.0", 0x130000, None, 22, 0x148A, ("bus",)),
+            onchip("0000:0e:00.1", 0x108000, "ccp", 23, 0x1485, ("pm",)),
+            onchip("0000:0e:00.3", 0x0C0330, "xhci_hcd", 24, 0x149C, ()),
+            onchip("0000:0e:00.4", 0x040300, "snd_hda_intel", 25, 0x1487, ()),
+        ]
+    )
+
+
+def nvidia_host(root: Path, *, second_gpu: bool = False, topology: HostTopology | None = None) -> HostTree:
     """A desktop with a GeForce on the proprietary driver (10de:2484 VGA + 10de:228b HDA audio). The driver's
     /proc/driver/nvidia/gpus/<BDF>/information is laid out as nv-procfs.c nv_procfs_read_gpu_info prints it
     (one "Key: \\t value" per line, Device Minor after Bus Location); its nodes are 195:<minor>,
@@ -57,7 +103,7 @@ def nvidia_host(root: Path, *, second_gpu: bool = False) -> HostTree:
     if second_gpu:
         funcs.append(make_function(GPU2, class_code=0x030000, driver="nvidia", group=2, vendor=0x10DE, device=0x1F82))
         gpus.append((GPU2, 1))
-    tree = HostTree.build(root, make_topology(funcs))
+    tree = HostTree.build(root, topology or make_topology(funcs))
     for bdf, minor in gpus:
         info = tree.proc / "driver/nvidia/gpus" / bdf / "information"
         info.parent.mkdir(parents=True)
