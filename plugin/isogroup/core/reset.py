@@ -190,6 +190,8 @@ def reach_to_text(host: HostTopology, reach: ResetReach) -> str:
         limit=6,
     )
     scope = _SCOPE_TEXT[reach.scope].format(bridge=reach.bridge, reached=reached)
+    if reach.methods is None:
+        return f"reset: {scope}"
     return f"reset: reset_method {_methods_text(reach.methods)}; {scope}"
 
 
