@@ -166,6 +166,9 @@ def make_device(root: Path, topology: HostTopology, func: PciFunction, paths: Ma
     (dev / "config").write_bytes(config_space(func, secondary, subordinate))
     (dev / "config").chmod(RW)
     write_attr(dev / "driver_override", f"{func.driver_override or '(null)'}\n", RW)
+    if func.reset_methods:  # drivers/pci/pci.c: the file is hidden when the kernel has no reset for it
+        write_attr(dev / "reset_method", " ".join(func.reset_methods) + "\n", RW)
+        write_attr(dev / "reset", "", WO)
     if func.class_code >> 8 in _VGA_CLASSES:
         write_attr(dev / "boot_vga", "1\n" if func.boot_vga else "0\n", RO)
     if func.sriov_totalvfs is not None:

@@ -49,6 +49,9 @@ class HostTree:
     routes6: list[str] = field(default_factory=list)
     inet6: list[str] = field(default_factory=list)
     fib_local: list[str] = field(default_factory=list)
+    # /proc/cmdline and /proc/iomem as a live host has them (see fakes.isolationtree for the shapes).
+    cmdline: str = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-57-amd64 root=/dev/sda2 ro quiet"
+    iomem: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, root: Path, topology: HostTopology) -> HostTree:
@@ -237,6 +240,8 @@ class HostTree:
         for address in ["127.0.0.1", *self.fib_local]:
             trie += [f"     |-- {address}", "        /32 host LOCAL"]
         (self.proc / "net/fib_trie").write_text("\n".join(trie) + "\n")
+        (self.proc / "cmdline").write_text(self.cmdline + "\n")
+        (self.proc / "iomem").write_text("".join(line + "\n" for line in self.iomem))
 
     def process(self, pid: int, comm: str, fds: Mapping[int, str]) -> Path:
         """A process whose fd N links to `fds[N]` (the text the kernel shows: `/dev/sdb`, `socket:[123]`)."""

@@ -75,8 +75,9 @@ class Device:
             if values[name] is not None:
                 values[name] = PciAddress.parse(values[name])
         values["header"] = Header(values["header"])
-        if values.get("subsystem") is not None:  # JSON has no tuples
-            values["subsystem"] = tuple(values["subsystem"])
+        for name in ("subsystem", "reset_methods"):  # JSON has no tuples
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(PciFunction(**values), doc["path"])
 
 

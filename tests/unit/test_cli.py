@@ -274,6 +274,8 @@ def write_sysfs(root: Path, topo: HostTopology) -> None:
             (d / "sriov_totalvfs").write_text(f"{func.sriov_totalvfs}\n")
         if func.sriov_numvfs is not None:
             (d / "sriov_numvfs").write_text(f"{func.sriov_numvfs}\n")
+        if func.reset_methods:  # hidden when the kernel has no reset for it (drivers/pci/pci.c)
+            (d / "reset_method").write_text(" ".join(func.reset_methods) + "\n")
         if func.driver is not None:
             drv = root / "bus/pci/drivers" / func.driver
             drv.mkdir(exist_ok=True)

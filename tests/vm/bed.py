@@ -236,6 +236,7 @@ def run_in_vm(
     *,
     cpus: int = 2,
     modules: Sequence[str] = GUEST_MODULES,
+    append: Sequence[str] = (),
 ) -> VmResult:
     """Boots `topology`, runs `guest_script args...` in it as root and returns what came back.
 
@@ -274,7 +275,7 @@ def run_in_vm(
         (out / "job.json").write_text(json.dumps(job, indent=2))
         (out / "job.sh").write_text(_job_script(kernel, out, script, args, modules))
         console = out / "console.log"
-        cmdline = f"console=ttyS0 intel_iommu=on panic=-1 vmbed_out={out}"
+        cmdline = " ".join([f"console=ttyS0 intel_iommu=on panic=-1 vmbed_out={out}", *append])
         command = [
             QEMU,
             "-nodefaults",

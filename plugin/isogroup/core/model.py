@@ -31,6 +31,15 @@ class UseCode(StrEnum):
     SRIOV_VFS = "sriov-vfs"  # a PF whose VFs are in use
     MDEV_ACTIVE = "mdev-active"  # an mdev parent with active mediated devices
     OPEN_NODES = "open-nodes"  # processes hold its device nodes open
+    # Isolation beyond the group (issue 11). Families and their defaults: core.policy.FAMILY_DEFAULTS.
+    RESET_SHARED = "reset-shared"  # only a bus reset remains, and it reaches functions outside the guest's groups
+    RESET_NONE = "reset-none"  # the kernel has no reset for it at all: it carries one guest's state to the next
+    COLLATERAL_RESET = "collateral-reset"  # that bus reset would reach a device the host uses
+    ACS_OVERRIDE = "acs-override"  # the kernel command line weakens ACS (pcie_acs_override, disable_acs_redir)
+    ACS_SPLIT = "acs-split"  # the kernel's group is finer than its own rules predict from the hardware
+    HOLDER_NVIDIA = "holder-nvidia"  # processes hold the nvidia driver's nodes: unbinding it would hang
+    DISPLAY_FRAMEBUFFER = "display-framebuffer"  # a firmware framebuffer holds memory inside its BARs
+    POWER_D3COLD = "power-d3cold"  # in D3cold: often unreachable until woken
     # A probe could not tell (not root, an unreadable file): never the same as "unused". Same families, so a
     # policy that warns on a family warns on its unknowns too.
     STORAGE_UNKNOWN = "storage-unknown"
@@ -40,6 +49,9 @@ class UseCode(StrEnum):
     SRIOV_UNKNOWN = "sriov-unknown"
     MDEV_UNKNOWN = "mdev-unknown"
     OPEN_UNKNOWN = "open-unknown"
+    COLLATERAL_UNKNOWN = "collateral-unknown"  # a function the bus reset reaches: its host use is unknown
+    ACS_UNKNOWN = "acs-unknown"
+    HOLDER_UNKNOWN = "holder-unknown"
 
     @property
     def unknown(self) -> bool:
@@ -93,6 +105,9 @@ class PciFunction:
     # sysfs subsystem_vendor/subsystem_device (the board maker's IDs); None: not recorded (an older snapshot).
     # Proxmox's PCI mappings compare them with the device at guest start (`isogroup inventory --format proxmox`).
     subsystem: tuple[int, int] | None = None
+    # The kernel's reset methods for it (sysfs `reset_method`, v5.15+: "flr", "pm", "bus", ...), in its order.
+    # (): the kernel offers none (the file is hidden exactly then). None: not known (an older kernel or snapshot).
+    reset_methods: tuple[str, ...] | None = None
 
     @property
     def is_bridge(self) -> bool:

@@ -5,16 +5,18 @@ Every problem is collected, not just the first, so that one `check` run tells a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import GroupHolders, is_reservation
 from isogroup.core.domain import DomainSpec, PciRequest, Source
 from isogroup.core.drivers import is_vfio_driver, is_viable_driver
-from isogroup.core.model import HostTopology, PciFunction
+from isogroup.core.isolation import acs_findings
+from isogroup.core.model import Finding, HostTopology, PciFunction, UseCode
 from isogroup.core.plan import Action, DomainPlan, GroupPlan, MemberPlan, Note, Problem, ProblemCode
 from isogroup.core.policy import DEFAULT, Mode, Policy, ProbeAction, merge
+from isogroup.core.reset import reset_findings
 from isogroup.core.variants import NO_VARIANTS, VariantTable, choose
 
 
@@ -79,6 +81,7 @@ def plan(
             group_numbers.append(func.iommu_group)
 
     groups = []
+    derived = _derived_findings(host, group_numbers)
     for number in sorted(group_numbers):
         owner = holders.get(number)
         # A reservation's group is there to be used: a guest asking for its devices runs on its binding.
@@ -92,7 +95,7 @@ def plan(
                 )
             )
         group_plan, group_problems = _plan_group(number, host, requests, variants)
-        group_plan, policy_problems, policy_notes = _apply_policy(group_plan, host, policy, unknown_refuses)
+        group_plan, policy_problems, policy_notes = _apply_policy(group_plan, host, policy, unknown_refuses, derived)
         groups.append(group_plan)
         problems.extend(group_problems + policy_problems)
         notes.extend(policy_notes)
@@ -110,8 +113,48 @@ def plan(
     return DomainPlan(domain.name, tuple(groups), tuple(problems), tuple(notes))
 
 
+# Findings that are not the host losing the device: the refusal says which policy family refused them.
+_NOT_HOST_LOSS = frozenset(
+    {
+        UseCode.RESET_SHARED,
+        UseCode.RESET_NONE,
+        UseCode.COLLATERAL_RESET,
+        UseCode.COLLATERAL_UNKNOWN,
+        UseCode.ACS_OVERRIDE,
+        UseCode.ACS_SPLIT,
+        UseCode.ACS_UNKNOWN,
+        UseCode.HOLDER_NVIDIA,
+        UseCode.HOLDER_UNKNOWN,
+        UseCode.DISPLAY_FRAMEBUFFER,
+        UseCode.POWER_D3COLD,
+    }
+)
+
+
+def _derived_findings(host: HostTopology, taken: Collection[int]) -> Mapping[PciAddress, tuple[Finding, ...]]:
+    """Findings the core derives from the topology for the members of the groups the guest takes (reset reach,
+    groups finer than predicted): a function of the topology, so a snapshot reproduces them."""
+    found: dict[PciAddress, tuple[Finding, ...]] = {}
+    for number in taken:
+        group = host.by_group.get(number)
+        for address in group.members if group is not None else ():
+            if host.function(address) is not None:
+                found[address] = (*reset_findings(host, address, taken), *acs_findings(host, address))
+    return found
+
+
+def _refusal(finding: Finding, group: int, policy: Policy) -> str:
+    if finding.code in _NOT_HOST_LOSS:
+        return f"{finding.message} (refused: policy family '{finding.code.family}', {policy.source})"
+    return f"{finding.message}: the host would lose it if the guest took IOMMU group {group}"
+
+
 def _apply_policy(
-    group_plan: GroupPlan, host: HostTopology, policy: Policy, unknown_refuses: bool
+    group_plan: GroupPlan,
+    host: HostTopology,
+    policy: Policy,
+    unknown_refuses: bool,
+    derived: Mapping[PciAddress, tuple[Finding, ...]],
 ) -> tuple[GroupPlan, list[Problem], list[Note]]:
     """Every member that would leave its driver (moved by isogroup or detached by libvirt) must be allowed by
     the policy and unused by the host; otherwise it is blocked and the domain refused, or warned about."""
@@ -138,7 +181,7 @@ def _apply_policy(
             )
         if blocked is not None:
             problems.append(blocked)
-        for finding in host.findings_for(func.address):
+        for finding in (*host.findings_for(func.address), *derived.get(func.address, ())):
             if finding.code.unknown and not unknown_refuses:
                 notes.append(Note(f"warning [{finding.code.value}]", f"{finding.message} (run as root for a verdict)"))
                 continue
@@ -147,10 +190,7 @@ def _apply_policy(
                 continue
             problems.append(
                 Problem(
-                    ProblemCode.HOST_IN_USE,
-                    func.address,
-                    f"{finding.message}: the host would lose it if the guest took IOMMU group {group_plan.group}",
-                    use=finding.code,
+                    ProblemCode.HOST_IN_USE, func.address, _refusal(finding, group_plan.group, policy), use=finding.code
                 )
             )
             blocked = blocked or problems[-1]

@@ -1,9 +1,9 @@
 """What the host's administrator allows to move, and what a domain asks to adjust: plain data and the rule
 that merges them. `formats.policyfile` reads both (the TOML file and the domain's `<metadata>`).
 
-Defaults are the safe choice: every probe refuses, and a domain may tighten the policy but never relax it
-unless the host's policy grants that (`[domains] may_relax = true`). Whoever may define a domain need not be
-the host's administrator (libvirt's ACLs).
+Defaults are the safe choice: every probe family refuses unless FAMILY_DEFAULTS says it only warns, and a
+domain may tighten the policy but never relax it unless the host's policy grants that
+(`[domains] may_relax = true`). Whoever may define a domain need not be the host's administrator (libvirt's ACLs).
 """
 
 from __future__ import annotations
@@ -26,6 +26,22 @@ class Mode(StrEnum):
 class ProbeAction(StrEnum):
     REFUSE = "refuse"
     WARN = "warn"
+
+
+# The families whose findings warn unless a policy says "refuse"; every other family refuses by default.
+# - reset: no isolated reset (reset-shared, reset-none) costs the next guest a clean device, not the host
+#   anything, and most consumer boards have such devices: refusing would refuse most passthrough setups.
+# - acs: groups that may lie (acs-override, acs-split) were the administrator's own choice on the command line
+#   or a model's prediction; the host keeps running either way. A policy that wants isolation proven refuses.
+# - power: a function in D3cold is often woken by vfio-pci itself; when not, QEMU fails cleanly at start.
+# Families that stay "refuse": collateral (a reset reaching a device the host uses), holder (an unbind that
+# hangs the hook and libvirtd with it), display (the boot framebuffer: vfio-pci fails after the start was
+# allowed), and every host-use probe family.
+FAMILY_DEFAULTS: Mapping[str, ProbeAction] = {
+    "reset": ProbeAction.WARN,
+    "acs": ProbeAction.WARN,
+    "power": ProbeAction.WARN,
+}
 
 
 @dataclass(frozen=True)
@@ -57,12 +73,15 @@ class Policy:
     mode: Mode = Mode.EXPAND
     allow: Selector = Selector()
     deny: Selector = Selector()
-    probes: Mapping[str, ProbeAction] = field(default_factory=dict)  # family -> action; absent: refuse
+    probes: Mapping[str, ProbeAction] = field(default_factory=dict)  # family -> action; absent: its default
     domains_may_relax: bool = False  # relaxing safety is the administrator's grant
     source: str = field(default="built-in defaults", compare=False)
 
     def probe_action(self, code: UseCode) -> ProbeAction:
-        return self.probes.get(code.family, ProbeAction.REFUSE)
+        return self.family_action(code.family)
+
+    def family_action(self, family: str) -> ProbeAction:
+        return self.probes.get(family, FAMILY_DEFAULTS.get(family, ProbeAction.REFUSE))
 
 
 DEFAULT = Policy()
@@ -104,7 +123,7 @@ def merge(host: Policy, domain: DomainPolicy) -> tuple[Policy, list[str]]:
     for family, action in domain.probes.items():
         if action is ProbeAction.REFUSE or host.domains_may_relax:
             probes[family] = action
-        elif probes.get(family, ProbeAction.REFUSE) is ProbeAction.REFUSE:
+        elif replace(merged, probes=probes).family_action(family) is ProbeAction.REFUSE:
             ignored.append(f"<probe family='{family}' action='warn'>")
     merged = replace(merged, probes=probes)
     return merged, ignored

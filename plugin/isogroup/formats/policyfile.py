@@ -7,8 +7,9 @@
     classes = ["0403"]         # hex prefix of the class code: "04" base class, "0403" subclass, "040300" full
     [deny]                     # devices that must never leave their drivers
     classes = ["0106", "0108"]
-    [probes]                   # per probe family: "refuse" (the default) or "warn"
-    usb = "warn"
+    [probes]                   # per probe family: "refuse" or "warn"; the default is "refuse" except for
+    usb = "warn"               # the families core.policy.FAMILY_DEFAULTS lists (reset, acs, power: "warn")
+    acs = "refuse"             # e.g. refuse groups that may lie (pcie_acs_override, groups finer than predicted)
     [domains]
     may_relax = false          # may a domain's <metadata> relax this policy (allow, warn, expand)? default: no
 

@@ -31,7 +31,7 @@ MAX_TEXT = 4096  # a finding's subject or message is a line of text
 
 
 def _function_to_json(f: PciFunction) -> dict[str, Any]:
-    doc = {
+    doc: dict[str, Any] = {
         "address": str(f.address),
         "vendor": f"{f.vendor:04x}",
         "device": f"{f.device:04x}",
@@ -51,9 +51,11 @@ def _function_to_json(f: PciFunction) -> dict[str, Any]:
         "acs_cap": f.acs_cap,
         "acs_ctrl": f.acs_ctrl,
     }
-    # Optional, written only when known: a snapshot without it (an older isogroup's) reads back the same.
+    # Optional, written only when known: a snapshot without them (an older isogroup's) reads back the same.
     if f.subsystem is not None:
         doc["subsystem"] = f"{f.subsystem[0]:04x}:{f.subsystem[1]:04x}"
+    if f.reset_methods is not None:
+        doc["reset_methods"] = list(f.reset_methods)
     return doc
 
 
@@ -201,7 +203,26 @@ def _function_from_json(obj: object, index: int, version: int) -> PciFunction:
         acs_cap=r.count("acs_cap") if v2 else None,
         acs_ctrl=r.count("acs_ctrl") if v2 else None,
         subsystem=r.opt_ids("subsystem"),  # optional in any version: snapshots before it stay readable
+        reset_methods=_reset_methods(r),
     )
+
+
+# A reset method's name as the kernel spells it (drivers/pci/pci.c pci_reset_fn_methods[]: "flr", "af_flr",
+# "device_specific", "cxl_bus"); the kernel knows fewer than ten.
+_RESET_METHOD = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_MAX_RESET_METHODS = 16
+
+
+def _reset_methods(r: _Reader) -> tuple[str, ...] | None:
+    """Optional (added within version 2; absent or null: not known)."""
+    if r.obj.get("reset_methods") is None:
+        return None
+    items = r.items("reset_methods")
+    if len(items) > _MAX_RESET_METHODS or not all(isinstance(m, str) and _RESET_METHOD.fullmatch(m) for m in items):
+        raise InputError(f"{r.where}: 'reset_methods' must be a short list of reset method names")
+    if len(set(items)) != len(items):
+        raise InputError(f"{r.where}: 'reset_methods' lists a method twice")
+    return tuple(str(m) for m in items)
 
 
 def _finding_from_json(obj: object, index: int) -> Finding:

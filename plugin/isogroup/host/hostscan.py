@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from isogroup.core.address import PciAddress
 from isogroup.core.kernel.configspace import CONFIG_SPACE_SIZE, parse_capabilities
@@ -59,6 +60,7 @@ def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = Tru
     parent_name = sysfs.resolve(base).parent.name
     override = sysfs.read(f"{base}/driver_override")
     sub_vendor, sub_device = _hex(sysfs.read(f"{base}/subsystem_vendor")), _hex(sysfs.read(f"{base}/subsystem_device"))
+    methods = sysfs.read(f"{base}/reset_method")  # absent: see _settle_resets
     return PciFunction(
         address=address,
         vendor=vendor,
@@ -79,7 +81,43 @@ def read_function(sysfs: Sysfs, address: PciAddress, *, capabilities: bool = Tru
         acs_cap=caps.acs_cap if caps else None,
         acs_ctrl=caps.acs_ctrl if caps else None,
         subsystem=(sub_vendor, sub_device) if sub_vendor is not None and sub_device is not None else None,
+        reset_methods=tuple(methods.split()) if methods is not None else None,
     )
+
+
+def _settle_resets(sysfs: Sysfs, functions: dict[PciAddress, PciFunction]) -> None:
+    """What a missing `reset_method` means. The kernel hides it exactly when it has no reset for the function
+    (drivers/pci/pci.c pci_dev_reset_method_attr_is_visible), but kernels before 5.15 have no such file at all.
+    So: when some function read has one, this kernel has them, and a function without one has no reset ((),
+    unless it still shows the older `reset` file); when none has, nothing is known (None)."""
+    if not any(f.reset_methods is not None for f in functions.values()):
+        return
+    for address, func in functions.items():
+        if func.reset_methods is None and not sysfs.exists(Sysfs.device(address, "reset")):
+            functions[address] = replace(func, reset_methods=())
+
+
+# A bus is a few dozen functions at most; a tree that claims more below one bridge is not read further.
+_MAX_NEIGHBOURS = 1024
+
+
+def _bus_neighbours(sysfs: Sysfs, address: PciAddress) -> set[PciAddress]:
+    """Every function a secondary bus reset of `address`'s bus reaches: the functions below its parent bridge,
+    recursively (a bridge's sysfs directory holds the devices on its secondary bus). Empty on a root bus, which
+    has no bridge to reset it."""
+    parent = _parse_or_none(sysfs.resolve(Sysfs.device(address)).parent.name)
+    if parent is None:
+        return set()
+    found: set[PciAddress] = set()
+    todo = [parent]
+    while todo and len(found) < _MAX_NEIGHBOURS:
+        bridge = todo.pop()
+        for name in sysfs.listdir(Sysfs.device(bridge)):
+            child = _parse_or_none(name)
+            if child is not None and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _parse_or_none(name: str | None) -> PciAddress | None:
@@ -125,6 +163,10 @@ def read_topology(
     groups = _read_groups(sysfs, group_numbers)
     for group in groups:
         addresses.update(group.members)
+    if scope is not None:
+        # What a bus reset of a device leaving its driver reaches, and whether the host uses it (core.reset).
+        for address in sorted(addresses):
+            addresses.update(_bus_neighbours(sysfs, address))
     functions = {a: f for a in addresses if (f := read_function(sysfs, a, capabilities=capabilities)) is not None}
     # A VF's PF decides whether the VF may move (its own use); read it too.
     for func in list(functions.values()):
@@ -132,6 +174,7 @@ def read_topology(
             pf = read_function(sysfs, func.physfn, capabilities=capabilities)
             if pf is not None:
                 functions[pf.address] = pf
+    _settle_resets(sysfs, functions)
     findings: tuple[Finding, ...] = ()
     if probes is not None and functions:
         # The probe modules (netlink, /proc scans) are loaded only when there is something to probe: a refusal

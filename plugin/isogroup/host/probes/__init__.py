@@ -13,6 +13,12 @@ Each probe is a small function over the functions being probed (see its module f
   sriov    (devices.py)  a PF whose VFs are bound to a driver
   mdev     (devices.py)  an mdev parent with active mediated devices
   open     (nodes.py)    device nodes held open by processes; DRM nodes count as display-clients
+  holder   (nvidia.py)   processes holding the nvidia driver's /dev/nvidia* nodes (its unbind would hang)
+  acs      (isolation.py) a kernel command line that weakens ACS (pcie_acs_override, pci=disable_acs_redir)
+  display  (isolation.py) a boot framebuffer (efifb, vesafb, simplefb/simpledrm, BOOTFB) inside the BARs
+  power    (isolation.py) a function in D3cold
+Reset reach and groups finer than predicted are not probes: core.reset and core.isolation derive them from the
+topology (reset_method, which hostscan reads) when planning.
 
 Nothing is run, nothing written: sysfs, /proc and udev's database are read; a block device nothing else
 explains has its first 256 KiB read (LVM and ZFS labels) unless udev already recorded what is on it; on the
@@ -44,7 +50,7 @@ def probes() -> tuple[tuple[str, Probe], ...]:
     """Every probe, by family. Their modules (netlink, /proc scans, label decoders) are imported on the first
     probe, not with this package: ProbeSeams is needed wherever a host is read, a probe only where one runs, and
     a hook refusing a device that is not there pays for none of them."""
-    from isogroup.host.probes import devices, display, network, nodes, storage  # noqa: PLC0415
+    from isogroup.host.probes import devices, display, isolation, network, nodes, nvidia, storage  # noqa: PLC0415
 
     return (
         ("storage", storage.probe),
@@ -54,6 +60,10 @@ def probes() -> tuple[tuple[str, Probe], ...]:
         ("sriov", devices.probe_sriov),
         ("mdev", devices.probe_mdev),
         ("open", nodes.probe),
+        ("holder", nvidia.probe),
+        ("acs", isolation.probe_acs),
+        ("framebuffer", isolation.probe_framebuffer),
+        ("power", isolation.probe_power),
     )
 
 
