@@ -286,7 +286,7 @@ def timing(ctx: Ctx, s: g.Scenario) -> None:
     """How long probing takes on this (TCG-emulated) guest: the whole capture, the probes, the /proc fd scan."""
     from isogroup.core.address import PciAddress
     from isogroup.host.probes import ProbeSeams, probe_report
-    from isogroup.host.probes.base import Context
+    from isogroup.host.probes.base import ProbeContext
     from isogroup.host.probes.nodes import build_index, scan_open_files
 
     addresses = [PciAddress.parse(n) for n in os.listdir("/sys/bus/pci/devices")]
@@ -296,7 +296,7 @@ def timing(ctx: Ctx, s: g.Scenario) -> None:
         start = time.perf_counter()
         probe_report(seams, addresses)
         rounds.append(time.perf_counter() - start)
-    context = Context(seams)
+    context = ProbeContext(seams)
     targets = [t for a in addresses if (t := context.target(a)) is not None]
     index = build_index(context, targets)
     scans = []

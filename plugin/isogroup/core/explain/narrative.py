@@ -13,6 +13,7 @@ from isogroup.core.explain.splits import advise
 from isogroup.core.explain.tree import kind, label, multifunction_in_kernel
 from isogroup.core.kernel.quirks import AliasKind, aliased_devfns, dma_alias_quirks
 from isogroup.core.model import PciFunction
+from isogroup.core.reset import reach_to_text, reset_reach
 
 
 def explanation(g: Grouping, func: PciFunction) -> Explanation:
@@ -55,6 +56,8 @@ def explanation(g: Grouping, func: PciFunction) -> Explanation:
         members=members,
         unknown_acs=tuple(unknown),
         splits=tuple(advise(g, func, agreement, paths)),
+        reset=(reach := reset_reach(host, func.address)),
+        reset_text=reach_to_text(host, reach),
     )
 
 

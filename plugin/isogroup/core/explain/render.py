@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from isogroup.core.explain.result import Explanation, Prediction
 from isogroup.core.report import lines
+from isogroup.core.reset import reach_to_json
 
 
 def to_json(e: Explanation) -> dict[str, object]:
@@ -24,6 +25,7 @@ def to_json(e: Explanation) -> dict[str, object]:
         ],
         "unknown_acs": [str(a) for a in e.unknown_acs],
         "split": [{"kind": s.kind.value, "text": s.text, "ports": [str(p) for p in s.ports]} for s in e.splits],
+        "reset": reach_to_json(e.reset),
     }
 
 
@@ -63,4 +65,5 @@ def to_text(e: Explanation) -> str:
     out.append("")
     out.append("What would split it:")
     out += [f"  - {s.text}" for s in e.splits]
+    out += ["", e.reset_text]
     return lines(out)  # driver names and ids come from the host or a snapshot: escaped

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from isogroup.core.address import PciAddress
+from isogroup.core.reset import ResetReach
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,5 @@ class Explanation:
     members: tuple[Member, ...]
     unknown_acs: tuple[PciAddress, ...]  # functions on the way whose ACS was not read from the config space
     splits: tuple[Split, ...]
+    reset: ResetReach  # how it can be reset, and what else such a reset reaches (core.reset)
+    reset_text: str  # that, in a line a person reads

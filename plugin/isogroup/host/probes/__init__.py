@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 from isogroup.core.address import PciAddress
 from isogroup.core.model import Finding
-from isogroup.host.probes.base import UNKNOWN_CODES, UNKNOWN_PREFIX, Collector, Context, ProbeSeams, Target
+from isogroup.host.probes.base import UNKNOWN_CODES, UNKNOWN_PREFIX, Collector, ProbeContext, ProbeSeams, Target
 
-Probe = Callable[[Context, Iterable[Target], Collector], None]
+Probe = Callable[[ProbeContext, Iterable[Target], Collector], None]
 
 
 @functools.cache
@@ -84,7 +84,7 @@ class ProbeReport:
 
 def probe_report(seams: ProbeSeams, addresses: Iterable[PciAddress]) -> ProbeReport:
     """Probe the PCI functions at `addresses` (absent ones are skipped: the topology has no function for them)."""
-    ctx = Context(seams)
+    ctx = ProbeContext(seams)
     targets = [t for a in sorted(set(addresses)) if (t := ctx.target(a)) is not None]
     out = Collector()
     if targets:

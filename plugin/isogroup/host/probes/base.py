@@ -122,7 +122,7 @@ class Collector:
             self.unknown[key] = Finding(target.address, UNKNOWN_CODES[family], subject, message)
 
 
-class Context:
+class ProbeContext:
     """One probe run: the seams plus what several probes read, each read at most once."""
 
     def __init__(self, seams: ProbeSeams) -> None:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable
 
 from isogroup.core.model import UseCode
-from isogroup.host.probes.base import Collector, Context, Target, link_name, listdir, printable, read_attr
+from isogroup.host.probes.base import Collector, ProbeContext, Target, link_name, listdir, printable, read_attr
 
 # include/uapi/linux/input-event-codes.h
 EV_KEY, EV_REL, EV_ABS = 0x01, 0x02, 0x03
@@ -66,7 +66,7 @@ def input_kind(path: str) -> str | None:
     return " and ".join(kinds) or None
 
 
-def probe_input(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe_input(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     for target in targets:
         for name, path in ctx.below(target, "input"):
             if not _INPUT.match(name):
@@ -80,7 +80,7 @@ def probe_input(ctx: Context, targets: Iterable[Target], out: Collector) -> None
             out.use(target, UseCode.USB_INPUT, name, text)
 
 
-def probe_sriov(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe_sriov(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     for target in targets:
         for entry in listdir(target.path):
             if not _VIRTFN.match(entry):
@@ -92,7 +92,7 @@ def probe_sriov(ctx: Context, targets: Iterable[Target], out: Collector) -> None
                 out.use(target, UseCode.SRIOV_VFS, bdf, f"has its VF {bdf} in use on {printable(driver)}")
 
 
-def probe_mdev(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe_mdev(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     bus = ctx.sys("bus/mdev/devices")
     on_bus = [ctx.follow(os.path.join(bus, uuid)) for uuid in listdir(bus)]
     for target in targets:

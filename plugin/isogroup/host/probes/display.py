@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 
 from isogroup.core.model import UseCode
-from isogroup.host.probes.base import Collector, Context, Target, listdir, printable, read_attr
+from isogroup.host.probes.base import Collector, ProbeContext, Target, listdir, printable, read_attr
 
 FAMILY = "display"
 
@@ -40,7 +40,7 @@ def firmware_display(path: str) -> str | None:
     return None
 
 
-def _consoles(ctx: Context) -> tuple[bool, bool]:
+def _consoles(ctx: ProbeContext) -> tuple[bool, bool]:
     """(framebuffer console bound, VGA text console bound)."""
     fbcon = vgacon = False
     base = ctx.sys("class/vtconsole")
@@ -53,13 +53,13 @@ def _consoles(ctx: Context) -> tuple[bool, bool]:
     return fbcon, vgacon
 
 
-def probe(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     for target in targets:
         if target.boot_vga:
             _probe_boot_vga(ctx, target, out)
 
 
-def _probe_boot_vga(ctx: Context, target: Target, out: Collector) -> None:
+def _probe_boot_vga(ctx: ProbeContext, target: Target, out: Collector) -> None:
     fbcon, vgacon = _consoles(ctx)
     console = ", with the framebuffer console on it" if fbcon else ""
     if vgacon:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from isogroup.core.model import UseCode
-from isogroup.host.probes.base import Collector, Context, Target, Unreadable, printable, read_attr
+from isogroup.host.probes.base import Collector, ProbeContext, Target, Unreadable, printable, read_attr
 
 # -- acs: the command line --------------------------------------------------------------------------------------
 
@@ -36,7 +36,7 @@ def weakening_options(cmdline: str) -> list[str]:
     return found
 
 
-def probe_acs(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe_acs(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     wanted = list(targets)
     try:
         cmdline = ctx.read_proc("cmdline")
@@ -127,7 +127,7 @@ def _release(fb: Framebuffer) -> str:
     )
 
 
-def probe_framebuffer(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe_framebuffer(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     wanted = list(targets)
     try:
         iomem = ctx.read_proc("iomem")
@@ -189,7 +189,7 @@ def _check(target: Target, fb: Framebuffer, out: Collector) -> None:
 # -- power -------------------------------------------------------------------------------------------------------
 
 
-def probe_power(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe_power(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     for target in targets:
         if read_attr(os.path.join(target.path, "power_state")) == "D3cold":
             text = (

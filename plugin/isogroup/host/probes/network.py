@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 
 from isogroup.core.model import UseCode
 from isogroup.host.probes import netlink
-from isogroup.host.probes.base import Collector, Context, Target, Unreadable, listdir, listing, printable, read_attr
+from isogroup.host.probes.base import (
+    Collector,
+    ProbeContext,
+    Target,
+    Unreadable,
+    listdir,
+    listing,
+    printable,
+    read_attr,
+)
 
 FAMILY = "network"
 
@@ -130,11 +139,11 @@ def parse_fib_trie_local(text: str) -> list[ipaddress.IPv4Address]:
     return found
 
 
-def routes(ctx: Context) -> list[Route]:
+def routes(ctx: ProbeContext) -> list[Route]:
     return parse_route(ctx.read_proc("net/route")) + parse_ipv6_route(ctx.read_proc("net/ipv6_route", absent=""))
 
 
-def addresses(ctx: Context) -> Addresses:
+def addresses(ctx: ProbeContext) -> Addresses:
     key = "network:addresses"
     cached = ctx.memo(key)
     if isinstance(cached, Addresses):
@@ -150,7 +159,7 @@ def addresses(ctx: Context) -> Addresses:
     return value
 
 
-def _live_addresses(ctx: Context) -> Addresses:
+def _live_addresses(ctx: ProbeContext) -> Addresses:
     try:
         dump = netlink.dump_addresses()
     except OSError as exc:
@@ -165,7 +174,7 @@ def _live_addresses(ctx: Context) -> Addresses:
     return found
 
 
-def _tree_addresses(ctx: Context) -> Addresses:
+def _tree_addresses(ctx: ProbeContext) -> Addresses:
     found = Addresses(by_iface=parse_if_inet6(ctx.read_proc("net/if_inet6")))
     connected = [
         (r.iface, ipaddress.IPv4Network(r.destination))
@@ -187,12 +196,12 @@ def _tree_addresses(ctx: Context) -> Addresses:
 # --- the probe -------------------------------------------------------------------------------------------------
 
 
-def _uppers(ctx: Context, name: str) -> list[str]:
+def _uppers(ctx: ProbeContext, name: str) -> list[str]:
     base = ctx.sys(f"class/net/{name}")
     return [entry[len("upper_") :] for entry in listdir(base) if entry.startswith("upper_")]
 
 
-def _stacked(ctx: Context, own: str) -> list[str]:
+def _stacked(ctx: ProbeContext, own: str) -> list[str]:
     """`own` and every interface stacked on it, nearest first."""
     order, todo = [own], [own]
     while todo:
@@ -203,7 +212,7 @@ def _stacked(ctx: Context, own: str) -> list[str]:
     return order
 
 
-def _is_up(ctx: Context, name: str) -> bool:
+def _is_up(ctx: ProbeContext, name: str) -> bool:
     flags = read_attr(ctx.sys(f"class/net/{name}/flags"))
     try:
         return flags is None or bool(int(flags, 16) & IFF_UP)
@@ -211,7 +220,7 @@ def _is_up(ctx: Context, name: str) -> bool:
         return True  # unreadable flags: do not assume it is down
 
 
-def _master_kind(ctx: Context, master: str) -> str:
+def _master_kind(ctx: ProbeContext, master: str) -> str:
     base = ctx.sys(f"class/net/{master}")
     for line in (read_attr(os.path.join(base, "uevent")) or "").splitlines():
         if line.startswith("DEVTYPE="):
@@ -223,7 +232,7 @@ def _master_kind(ctx: Context, master: str) -> str:
     return "device"
 
 
-def probe(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     for target in targets:
         own = [name for name, _ in ctx.below(target, "net")]
         for name in own:
@@ -245,7 +254,7 @@ def _hidden_interfaces(target: Target) -> bool:
     return False
 
 
-def _probe_interface(ctx: Context, target: Target, own: str, out: Collector) -> None:
+def _probe_interface(ctx: ProbeContext, target: Target, own: str, out: Collector) -> None:
     stacked = _stacked(ctx, own)
 
     def label(name: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from isogroup.core.model import UseCode
 from isogroup.host.probes.base import (
     Collector,
-    Context,
+    ProbeContext,
     Target,
     Unreadable,
     devname,
@@ -57,7 +57,7 @@ class Index:
         return [n for n in self.by_path.values() if n.target.address == target.address]
 
 
-def build_index(ctx: Context, targets: list[Target]) -> Index:
+def build_index(ctx: ProbeContext, targets: list[Target]) -> Index:
     index = Index()
     boot_vga = next((t for t in targets if t.boot_vga), None)
     virtual: list[tuple[str, str, str]] = []
@@ -90,7 +90,7 @@ def _node(owner: Target, kind: str, majmin: str, path: str) -> Node:
     return Node(owner, f"/dev/{devname(path)}", kind, majmin, "/drm/" in path)
 
 
-def _stacked_owner(ctx: Context, path: str, owned: dict[str, Target], seen: set[str]) -> Target | None:
+def _stacked_owner(ctx: ProbeContext, path: str, owned: dict[str, Target], seen: set[str]) -> Target | None:
     if path in seen:
         return None
     seen.add(path)
@@ -110,7 +110,7 @@ class Scan:
     denied: int = 0  # processes whose open files could not be read
 
 
-def scan_open_files(ctx: Context, index: Index) -> Scan:
+def scan_open_files(ctx: ProbeContext, index: Index) -> Scan:
     """Which of the index's nodes each process holds open. Raises Unreadable when /proc cannot be listed."""
     proc = ctx.seams.proc
     try:
@@ -140,7 +140,7 @@ def scan_open_files(ctx: Context, index: Index) -> Scan:
     return result
 
 
-def _held_nodes(ctx: Context, index: Index, fd_dir: int, numbers: dict[str, tuple[str, str] | None]) -> set[str]:
+def _held_nodes(ctx: ProbeContext, index: Index, fd_dir: int, numbers: dict[str, tuple[str, str] | None]) -> set[str]:
     held: set[str] = set()
     try:
         fds = os.listdir(fd_dir)
@@ -182,7 +182,7 @@ def _by_number(
     return index.by_number.get(number) if number is not None else None
 
 
-def _who(ctx: Context, pids: set[int]) -> str:
+def _who(ctx: ProbeContext, pids: set[int]) -> str:
     shown = []
     for pid in sorted(pids):
         comm = read_attr(str(ctx.proc(f"{pid}/comm"))) or "?"
@@ -190,7 +190,7 @@ def _who(ctx: Context, pids: set[int]) -> str:
     return listing(shown)
 
 
-def probe(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     wanted = list(targets)
     index = build_index(ctx, wanted)
     if not index.by_path:

@@ -24,7 +24,16 @@ import re
 from collections.abc import Iterable
 
 from isogroup.core.model import UseCode
-from isogroup.host.probes.base import Collector, Context, Target, Unreadable, listdir, listing, printable, read_attr
+from isogroup.host.probes.base import (
+    Collector,
+    ProbeContext,
+    Target,
+    Unreadable,
+    listdir,
+    listing,
+    printable,
+    read_attr,
+)
 from isogroup.host.probes.nodes import Index, Node, scan_open_files
 
 DRIVER = "nvidia"
@@ -37,7 +46,7 @@ _UVM = re.compile(r"^\s*(\d+) nvidia-uvm$", re.MULTILINE)
 _PERSISTENCED = "nvidia-persiste"  # /proc/PID/comm keeps 15 characters of "nvidia-persistenced"
 
 
-def _minor(ctx: Context, target: Target) -> int:
+def _minor(ctx: ProbeContext, target: Target) -> int:
     text = ctx.read_proc(f"driver/nvidia/gpus/{target.address}/information")
     m = _MINOR.search(text)
     if m is None or int(m.group(1)) > NV_MINOR_REGULAR_MAX:
@@ -45,7 +54,7 @@ def _minor(ctx: Context, target: Target) -> int:
     return int(m.group(1))
 
 
-def _uvm_major(ctx: Context) -> int | None:
+def _uvm_major(ctx: ProbeContext) -> int | None:
     try:
         m = _UVM.search(ctx.read_proc("devices"))
     except Unreadable:
@@ -53,7 +62,7 @@ def _uvm_major(ctx: Context) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def probe(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     gpus = [t for t in targets if t.driver == DRIVER]
     if not gpus:
         return

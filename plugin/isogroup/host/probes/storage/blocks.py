@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from isogroup.host.probes.base import Context, devname, listdir, listing, printable, read_attr
+from isogroup.host.probes.base import ProbeContext, devname, listdir, listing, printable, read_attr
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def block_at(path: str) -> Block | None:
     return Block(name, path, majmin, dev, node, os.path.exists(os.path.join(path, "partition")))
 
 
-def holders(ctx: Context, block: Block) -> list[Block]:
+def holders(ctx: ProbeContext, block: Block) -> list[Block]:
     directory = os.path.join(block.path, "holders")
     found = []
     for name in listdir(directory):
@@ -87,7 +87,7 @@ class Stack:
         return f"{text} {what}" if text.endswith(",") else f"{text}, {what}"
 
 
-def stack_up(ctx: Context, own: list[Block]) -> tuple[dict[str, Stack], dict[str, list[Block]]]:
+def stack_up(ctx: ProbeContext, own: list[Block]) -> tuple[dict[str, Stack], dict[str, list[Block]]]:
     """Every device on the function's own or stacked above them, by kernel name, each with the function's own
     beneath it; and each own device's direct holders."""
     stacks: dict[str, Stack] = {}

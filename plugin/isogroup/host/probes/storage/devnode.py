@@ -8,12 +8,12 @@ import errno
 import os
 import stat
 
-from isogroup.host.probes.base import Context, Unreadable
+from isogroup.host.probes.base import ProbeContext, Unreadable
 from isogroup.host.probes.storage.blocks import Block
 from isogroup.host.probes.storage.labels import LABEL_BYTES, POOL_STATE_ACTIVE, Label, ZfsLabel, decode
 
 
-def udev_label(ctx: Context, block: Block) -> Label | None:
+def udev_label(ctx: ProbeContext, block: Block) -> Label | None:
     """What udev's blkid run recorded for the device (`E:ID_FS_TYPE=...` in /run/udev/data/bMAJ:MIN), or None
     when udev has no record of it. Readable without root and costs the disk nothing."""
     if ctx.seams.udev is None:
@@ -29,7 +29,7 @@ def udev_label(ctx: Context, block: Block) -> Label | None:
     return Label(lvm=kind == "LVM2_member")
 
 
-def read_label(ctx: Context, block: Block) -> Label | Unreadable:
+def read_label(ctx: ProbeContext, block: Block) -> Label | Unreadable:
     known = udev_label(ctx, block)
     if known is not None:
         return known
@@ -53,7 +53,7 @@ def read_label(ctx: Context, block: Block) -> Label | Unreadable:
     return decode(data)
 
 
-def refused_exclusive(ctx: Context, block: Block) -> bool | Unreadable:
+def refused_exclusive(ctx: ProbeContext, block: Block) -> bool | Unreadable:
     """Live host only: does the kernel refuse an exclusive open (EBUSY: mounted, swapped on, claimed by a
     holder, a ZFS pool, another namespace's mount)? Read-only, so closing it makes udev re-probe nothing."""
     path = ctx.dev_path(block.devname)
@@ -70,7 +70,7 @@ def refused_exclusive(ctx: Context, block: Block) -> bool | Unreadable:
     return False
 
 
-def rdev(ctx: Context, path: str) -> str | None:
+def rdev(ctx: ProbeContext, path: str) -> str | None:
     """On the live host, the major:minor of a device node a name did not match (a /dev/disk/by-* link)."""
     if not ctx.seams.live:
         return None

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from isogroup.core.model import UseCode
-from isogroup.host.probes.base import Collector, Context, Target, Unreadable, listing, printable, read_attr
+from isogroup.host.probes.base import Collector, ProbeContext, Target, Unreadable, listing, printable, read_attr
 from isogroup.host.probes.storage.blocks import Block, Stack, block_at, describe_holder, stack_up
 from isogroup.host.probes.storage.devnode import rdev, read_label, refused_exclusive
 from isogroup.host.probes.storage.labels import POOL_STATE_ACTIVE, POOL_STATE_L2CACHE, POOL_STATE_SPARE
@@ -19,7 +19,7 @@ from isogroup.host.probes.storage.tables import Mount, btrfs_members, mount_of, 
 FAMILY = "storage"
 
 
-def probe(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
+def probe(ctx: ProbeContext, targets: Iterable[Target], out: Collector) -> None:
     for target in targets:
         # A hidden disk (an NVMe multipath path, nvme0c0n1) is reached only through its namespace's device.
         own = [
@@ -31,7 +31,7 @@ def probe(ctx: Context, targets: Iterable[Target], out: Collector) -> None:
             _probe_function(ctx, target, own, out)
 
 
-def _probe_function(ctx: Context, target: Target, own: list[Block], out: Collector) -> None:
+def _probe_function(ctx: ProbeContext, target: Target, own: list[Block], out: Collector) -> None:
     stacks, direct = stack_up(ctx, own)
     explained: set[str] = set()
 
@@ -71,7 +71,7 @@ def _on_mount(mount: Mount, members: list[set[str]], stacks: dict[str, Stack]) -
     return found
 
 
-def _mounted(ctx: Context, target: Target, stacks: dict[str, Stack], out: Collector, explain: Explain) -> None:
+def _mounted(ctx: ProbeContext, target: Target, stacks: dict[str, Stack], out: Collector, explain: Explain) -> None:
     try:
         table = mounts(ctx)
     except Unreadable as exc:
@@ -89,7 +89,7 @@ def _mounted(ctx: Context, target: Target, stacks: dict[str, Stack], out: Collec
         explain(stack)
 
 
-def _swapped(ctx: Context, target: Target, stacks: dict[str, Stack], out: Collector, explain: Explain) -> None:
+def _swapped(ctx: ProbeContext, target: Target, stacks: dict[str, Stack], out: Collector, explain: Explain) -> None:
     try:
         active = swaps(ctx)
         table = mounts(ctx) if any(s.kind != "partition" for s in active) else []
@@ -120,7 +120,13 @@ def _swapped(ctx: Context, target: Target, stacks: dict[str, Stack], out: Collec
 
 
 def _labelled(
-    ctx: Context, target: Target, block: Block, *, pools: set[str] | Unreadable, out: Collector, explained: set[str]
+    ctx: ProbeContext,
+    target: Target,
+    block: Block,
+    *,
+    pools: set[str] | Unreadable,
+    out: Collector,
+    explained: set[str],
 ) -> None:
     label = read_label(ctx, block)
     if isinstance(label, Unreadable):
@@ -153,7 +159,7 @@ def _labelled(
     explained.add(block.name)
 
 
-def _busy(ctx: Context, target: Target, own: list[Block], out: Collector, explained: set[str]) -> None:
+def _busy(ctx: ProbeContext, target: Target, own: list[Block], out: Collector, explained: set[str]) -> None:
     # A disk whose partition is claimed, or a partition of a claimed disk, is busy for that reason.
     disks_with_explained_partitions = {b.disk for b in own if b.partition and b.name in explained}
     for block in own:

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from isogroup.host.probes.base import Context, Unreadable, listdir
+from isogroup.host.probes.base import ProbeContext, Unreadable, listdir
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,21 @@ def parse_swaps(text: str) -> list[Swap]:
     return swaps
 
 
-def mounts(ctx: Context) -> list[Mount]:
+def mounts(ctx: ProbeContext) -> list[Mount]:
     return parse_mountinfo(ctx.read_proc("self/mountinfo"))
 
 
-def swaps(ctx: Context) -> list[Swap]:
+def swaps(ctx: ProbeContext) -> list[Swap]:
     return parse_swaps(ctx.read_proc("swaps", absent="Filename Type Size Used Priority\n"))
 
 
-def btrfs_members(ctx: Context) -> list[set[str]]:
+def btrfs_members(ctx: ProbeContext) -> list[set[str]]:
     """The block devices of each btrfs filesystem the kernel knows (its mounts show an anonymous 0:N)."""
     base = ctx.sys("fs/btrfs")
     return [set(listdir(os.path.join(base, fs, "devices"))) for fs in listdir(base)]
 
 
-def zfs_pools(ctx: Context) -> set[str] | Unreadable:
+def zfs_pools(ctx: ProbeContext) -> set[str] | Unreadable:
     """Imported ZFS pools: OpenZFS keeps a kstat directory per pool in /proc/spl/kstat/zfs."""
     base = ctx.proc("spl/kstat/zfs")
     try:
