@@ -54,7 +54,13 @@ def plans_to_json(plans: Sequence[DomainPlan]) -> list[dict[str, Any]]:
                 for g in p.groups
             ],
             "problems": [
-                {"code": pr.code.value, "address": str(pr.address) if pr.address else None, "message": pr.message}
+                {
+                    "code": pr.code.value,
+                    "address": str(pr.address) if pr.address else None,
+                    # for host-in-use: the finding that refused (network-address, holder-nvidia, ...)
+                    "use": pr.use.value if pr.use is not None else None,
+                    "message": pr.message,
+                }
                 for pr in p.problems
             ],
             "notes": [{"subject": n.subject, "message": n.message} for n in p.notes],
