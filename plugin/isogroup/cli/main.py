@@ -83,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="isogroup",
         description="Give a guest whole IOMMU groups, safely, and put them back.",
         epilog="Exit codes: 0 ok, 1 refused, 2 bad input or usage, 3 host write failed (rolled back), "
-        "4 state ledger unusable.",
+        "4 state ledger unusable, 70 an isogroup bug (--debug shows where), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"isogroup {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error (exit 70)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser(
