@@ -60,6 +60,9 @@ def deb_run() -> Iterator[VmResult]:
         print(f"\nbuild-deb: {deb.name} {deb.stat().st_size} bytes in {time.monotonic() - start:.1f} s")
         result = boot(TOPOLOGY, GUEST_SCRIPT, [str(deb)], timeout=900)
         print(f"bed: {result.wall_seconds} s, meta {(result.results or {}).get('meta')}")
+        for name, record in (result.results or {}).get("scenarios", {}).items():
+            checks = [line for line in record["log"] if line.startswith(("ok: ", "FAILED: "))]
+            print(f"  {name}: {'ok' if record['ok'] else 'FAILED'} in {record['seconds']} s, {len(checks)} checks")
         yield result
     finally:
         shutil.rmtree(out, ignore_errors=True)
