@@ -378,14 +378,32 @@ def session_run(
 
     @pytest.fixture(scope="session")
     def run() -> VmResult:
-        missing = unavailable(libvirt=libvirt)
-        if missing is not None:
-            if missing.installable:
-                missing_install(missing.reason)
-            pytest.skip(missing.reason)
-        result = run_in_vm(topology, guest_script, timeout=timeout, modules=modules)
-        if not result.booted:
-            pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
-        return result
+        require_bed(libvirt=libvirt)
+        return boot(topology, guest_script, timeout=timeout, modules=modules)
 
     return run
+
+
+def require_bed(*, libvirt: bool = False) -> None:
+    """Skips with the reason where the bed cannot run here; in CI a missing install step fails instead."""
+    missing = unavailable(libvirt=libvirt)
+    if missing is not None:
+        if missing.installable:
+            missing_install(missing.reason)
+        pytest.skip(missing.reason)
+
+
+def boot(
+    topology: Topology,
+    guest_script: Path,
+    args: Sequence[str] = (),
+    *,
+    timeout: float,
+    modules: Sequence[str] = GUEST_MODULES,
+) -> VmResult:
+    """run_in_vm for a fixture (after require_bed): skips where QEMU cannot boot the bed's kernel here. For a
+    fixture that must prepare something first (tests/vm/test_vm_deb.py builds the .deb); others use session_run."""
+    result = run_in_vm(topology, guest_script, args, timeout=timeout, modules=modules)
+    if not result.booted:
+        pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
+    return result
