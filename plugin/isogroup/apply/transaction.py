@@ -225,7 +225,7 @@ def apply_plan(
             # driver (a variant, or vfio-pci after a fallback) the device ended on.
             move_to_vfio(ctx.kernel, address, ctx.wait(ctx.bind_timeout), target)
             claim = claim.with_device(replace(record, state=DeviceState.MOVED))
-        _verify(ctx, domain_plan, stage)
+        _verify(ctx, domain.name, domain_plan, stage)
         session.write(claim if running else replace(claim, phase=Phase.ACTIVE))
     # BaseException, not Exception: a KeyboardInterrupt (Ctrl-C on attach-device) or SystemExit (a SIGTERM
     # handler) between two writes would otherwise leave a half-moved group in the ledger; a start's would be
@@ -242,7 +242,7 @@ def apply_plan(
     return change
 
 
-def _verify(ctx: Context, domain_plan: DomainPlan, stage: Stage) -> None:
+def _verify(ctx: Context, guest: str, domain_plan: DomainPlan, stage: Stage) -> None:
     """Re-read each group from the kernel, its members and their drivers only: every member must now be on a
     driver VFIO accepts (before libvirt's own part, at prepare or a hotplug, its managed='yes' devices are still
     to come), and the VFIO group ioctl must agree."""
@@ -262,8 +262,21 @@ def _verify(ctx: Context, domain_plan: DomainPlan, stage: Stage) -> None:
                 blockers.append(f"{name} is on {driver}")
         if blockers:
             raise HostError(f"IOMMU group {group_plan.group} is still not viable: {'; '.join(blockers)}")
-        if not libvirt_pending and ctx.kernel.vfio_group_viable(group_plan.group) is False:
+        if libvirt_pending:
+            continue
+        verdict = ctx.kernel.vfio_group_viable(group_plan.group)
+        if verdict is False:
             raise HostError(f"the kernel reports IOMMU group {group_plan.group} not viable after the moves")
+        if verdict is None:
+            # Never reported as verified by the kernel when it was not: no /dev/vfio/N to ask (an iommufd-only
+            # kernel, CONFIG_VFIO_GROUP=n), or another process (QEMU) holds the group open.
+            log.info(
+                "%s: IOMMU group %d: every member is on a driver VFIO accepts; the kernel's viability ioctl was "
+                "not asked (no /dev/vfio/%d to ask, or it is held open)",
+                guest,
+                group_plan.group,
+                group_plan.group,
+            )
 
 
 def undo(ctx: Context, session: LedgerSession, change: Change) -> Claim | None:
