@@ -29,7 +29,7 @@ AUDIO_DRIVER = "snd_hda_intel"
 DISPLAY_DRIVER = "bochs-drm"
 
 
-def _fbcon(vga: str) -> tuple[Path | None, list[str]]:
+def fbcon_console(vga: str) -> tuple[Path | None, list[str]]:
     """The bound framebuffer console's vtconsole (or None) and the display function's own framebuffers."""
     fbs = sorted(p.name for p in (g.device_dir(vga) / "graphics").glob("fb*"))
     for vt in sorted(Path("/sys/class/vtconsole").iterdir()):
@@ -38,16 +38,37 @@ def _fbcon(vga: str) -> tuple[Path | None, list[str]]:
     return None, fbs
 
 
-def _sound_nodes(audio: str) -> list[str]:
+def sound_nodes(audio: str) -> list[str]:
     """/dev/snd nodes of the audio function (sound/cardN/{controlCN,pcmCNDMp,...} below it in sysfs)."""
     return sorted(f"/dev/snd/{p.name}" for p in g.device_dir(audio).glob("sound/card*/*") if (p / "dev").exists())
 
 
 def _holds(pid: int, node: str) -> bool:
     try:
-        return any(Path(f"/proc/{pid}/fd/{fd}").readlink() == Path(node) for fd in Path(f"/proc/{pid}/fd").iterdir())
+        return any(fd.readlink() == Path(node) for fd in Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return False
+
+
+# Opens the node (without blocking on a busy PCM), says so on stdout, then sleeps holding it.
+_HOLD = (
+    "import os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK); print('open', flush=True); "
+    "time.sleep(600)"
+)
+
+
+def hold_open(node: str) -> subprocess.Popen[bytes] | None:
+    """A process holding `node` open, or None (and its error in the log) when the open failed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, node], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    if proc.stdout.readline().strip() == b"open" and _holds(proc.pid, node):
+        return proc
+    proc.kill()
+    print(f"hold_open {node}: {proc.stderr.read().decode().strip()}", flush=True)
+    proc.wait(timeout=30)
+    return None
 
 
 def desktop_group(ctx: scn.Ctx, s: g.Scenario) -> None:
@@ -59,9 +80,9 @@ def desktop_group(ctx: scn.Ctx, s: g.Scenario) -> None:
     s.equal(g.group_members(group), sorted([port, vga, audio]), f"group {group}: port, display, audio")
     s.equal([g.driver(port), g.driver(vga), g.driver(audio)], ["pcieport", DISPLAY_DRIVER, AUDIO_DRIVER], "drivers")
     s.equal((g.device_dir(vga) / "boot_vga").read_text().strip(), "1", "the display is the boot VGA device")
-    vt, fbs = _fbcon(vga)
+    vt, fbs = fbcon_console(vga)
     s.check(vt is not None and bool(fbs), f"the framebuffer console is on its framebuffer {fbs} ({vt})")
-    nodes = _sound_nodes(audio)
+    nodes = sound_nodes(audio)
     s.note(f"sound nodes: {nodes}")
     s.check(any("pcm" in n and n.endswith("p") for n in nodes), "the codec gave the card a playback PCM")
     ctx.iso = scn.Isogroup(ctx)
@@ -86,15 +107,20 @@ def refused_open_pcm(ctx: scn.Ctx, s: g.Scenario) -> None:
     refuses the start, nothing moves, the process keeps its PCM."""
     iso = scn.fresh(ctx)
     vga, audio = ctx.job.bdf("gpu"), ctx.job.bdf("gpu-audio")
-    vt, _ = _fbcon(vga)
+    vt, _ = fbcon_console(vga)
     if vt is not None:
         (vt / "bind").write_text("0")
-    s.check(_fbcon(vga)[0] is None, "the framebuffer console is unbound")
-    pcm = next(n for n in _sound_nodes(audio) if "pcm" in n and n.endswith("p"))
-    holder = subprocess.Popen(["sh", "-c", f"exec 3>{pcm}; exec sleep 600"], stdin=subprocess.DEVNULL)
+    s.check(fbcon_console(vga)[0] is None, "the framebuffer console is unbound")
+    nodes = sound_nodes(audio)
+    pcm = next(n for n in nodes if "pcm" in n and n.endswith("p"))
+    holder = hold_open(pcm)
+    if holder is None:  # the PCM cannot be opened here: the card's control node is a node of the function too
+        pcm = next(n for n in nodes if "control" in n)
+        holder = hold_open(pcm)
+    s.check(holder is not None, f"a process holds {pcm} open")
+    assert holder is not None
     ctx.spawned.append(holder)  # reset() kills it if the scenario fails
     try:
-        s.check(g.wait_for(lambda: _holds(holder.pid, pcm)), f"pid {holder.pid} holds {pcm}")
         before = g.pci_state()
         dom = scn.Domain(iso, DOMAIN, [vga])
         refused = dom.start()
@@ -121,7 +147,7 @@ def start_and_release(ctx: scn.Ctx, s: g.Scenario) -> None:
     scn.expect_ok(s, dom.call("prepare", "begin"), "prepare begin")
     s.equal(scn.changed(before, g.pci_state()), [audio], "prepare moved the audio function, nothing else")
     s.equal(g.pci_state()[audio], (scn.VFIO_PCI, scn.VFIO_PCI), "the audio function is on vfio-pci")
-    s.equal(_sound_nodes(audio), [], "its sound card is gone from the host")
+    s.equal(sound_nodes(audio), [], "its sound card is gone from the host")
     s.equal(g.driver(vga), DISPLAY_DRIVER, "the display is still the host's (libvirt's to move)")
     s.equal(scn.viability(group), False, "VFIO ioctl: not viable while the display is on bochs-drm")
     dom.detach_managed()
@@ -132,7 +158,7 @@ def start_and_release(ctx: scn.Ctx, s: g.Scenario) -> None:
     scn.expect_ok(s, dom.call("started", "begin"), "started begin")
     scn.expect_ok(s, dom.stop(), "release end")
     s.check(g.wait_for(lambda: g.driver(audio) == AUDIO_DRIVER), "release put snd_hda_intel back")
-    s.check(g.wait_for(lambda: bool(_sound_nodes(audio)), timeout=30), "and its sound card is back")
+    s.check(g.wait_for(lambda: bool(sound_nodes(audio)), timeout=30), "and its sound card is back")
     s.equal(g.driver(vga), DISPLAY_DRIVER, "libvirt gave the display back to bochs-drm")
     scn.expect_home(ctx, s, iso, dom)
 
@@ -149,7 +175,7 @@ def main() -> int:
     job = g.load_job()
     rec = g.Recorder(job.out)
     # snd_hda_intel probes its codecs asynchronously: wait for the card before taking the reference state.
-    g.wait_for(lambda: bool(_sound_nodes(job.bdf("gpu-audio"))), timeout=30)
+    g.wait_for(lambda: bool(sound_nodes(job.bdf("gpu-audio"))), timeout=30)
     ctx = scn.Ctx(job, rec, g.pci_state())
     started = time.monotonic()
     for name in job.args or tuple(SCENARIOS):

@@ -18,19 +18,18 @@ pytestmark = pytest.mark.vm
 
 GUEST_SCRIPT = Path(__file__).parent / "guest_desktop.py"
 
-TOPOLOGY = Topology(
-    "desktop",
-    # Like the sample's port (8086:1901), this one does not isolate: the port joins the group (and stays on
-    # pcieport). QEMU's std VGA is the only display, so it is the boot VGA device.
-    (slot(RootPort("rp-gpu", slot(Device("gpu", "VGA"), Device("gpu-audio", "ich9-intel-hda")), acs=False)),),
-    # A codec on the controller's HDA bus, so snd_hda_intel gives the card a PCM; no host audio backend.
-    extra_args=("-audiodev", "none,id=hda-out", "-device", "hda-output,bus=gpu-audio.0,audiodev=hda-out"),
-)
+# Like the sample's port (8086:1901), this one does not isolate: the port joins the group (and stays on
+# pcieport). QEMU's std VGA is the only display, so it is the boot VGA device.
+DESKTOP_SLOT = slot(RootPort("rp-gpu", slot(Device("gpu", "VGA"), Device("gpu-audio", "ich9-intel-hda")), acs=False))
+# A codec on the controller's HDA bus, so snd_hda_intel gives the card a PCM; no host audio backend.
+DESKTOP_AUDIO = ("-audiodev", "none,id=hda-out", "-device", "hda-output,bus=gpu-audio.0,audiodev=hda-out")
+TOPOLOGY = Topology("desktop", (DESKTOP_SLOT,), extra_args=DESKTOP_AUDIO)
 
 SCENARIOS = ["desktop_group", "refused_display_console", "refused_open_pcm", "start_and_release"]
-# The guest has no udev and the kernel's own request_module finds no modprobe in the initramfs: the codec
-# driver snd_hda_intel asks for is loaded up front, with the display's DRM driver.
-MODULES = (*GUEST_MODULES, "bochs", "snd_hda_intel", "snd_hda_codec_generic")
+# The kernel's request_module runs modprobe in the initramfs's root, which has no /sbin/modprobe: the codec driver
+# snd_hda_intel asks for when it probes must be loaded before it ("Cannot probe codecs, giving up" otherwise).
+DESKTOP_MODULES = ("bochs", "snd_hda_codec_generic", "snd_hda_intel")
+MODULES = (*GUEST_MODULES, *DESKTOP_MODULES)
 
 
 desktop_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=420, modules=MODULES)
