@@ -14,6 +14,7 @@ bochs-drm their functions back. Device names are those of TOPOLOGY in tests/vm/t
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -155,6 +156,10 @@ def start_and_release(ctx: scn.Ctx, s: g.Scenario) -> None:
     scn.expect_ok(s, dom.call("start", "begin"), "start begin (verifies the whole group)")
     s.equal(scn.viability(group), True, "VFIO ioctl: the group is viable")
     s.equal(g.container_attach_errno(group), 0, "the group attaches to a VFIO container, as QEMU does first")
+    # Issue 12 §2: which VFIO interfaces this kernel offers (the device cdev, /dev/vfio/devices/vfioN, is 6.6+).
+    cdevs = sorted(p.name for p in (g.DEV_VFIO / "devices").glob("vfio*"))
+    ctx.rec.meta("vfio_nodes", {"groups": scn.vfio_groups(), "devices": cdevs, "kernel": os.uname().release})
+    s.note(f"/dev/vfio: groups {scn.vfio_groups()}, device cdevs {cdevs}")
     scn.expect_ok(s, dom.call("started", "begin"), "started begin")
     scn.expect_ok(s, dom.stop(), "release end")
     s.check(g.wait_for(lambda: g.driver(audio) == AUDIO_DRIVER), "release put snd_hda_intel back")
