@@ -106,9 +106,12 @@ class Watch:
 
     def _poll(self, bdf: str, driver: str) -> None:
         while not self._stop.is_set():
-            if g.driver(bdf) == driver:
-                self.restored_at = time.time()
-                return
+            try:
+                if g.driver(bdf) == driver:
+                    self.restored_at = time.time()
+                    return
+            except OSError:  # the driver link vanished between looking and reading it: mid-rebind
+                pass
             time.sleep(0.02)
 
     def finish(self) -> tuple[str, float | None]:
