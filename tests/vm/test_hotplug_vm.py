@@ -45,3 +45,14 @@ def test_guest_script_completed(hotplug_run: VmResult) -> None:
 def test_scenario(hotplug_run: VmResult, scenario: str) -> None:
     problem = hotplug_run.scenario_problem(scenario)
     assert problem is None, problem
+
+
+def test_detach_figures(hotplug_run: VmResult, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prints how long the nested kernel took to boot and the live detach's times (the event, the restore)."""
+    meta = (hotplug_run.results or {}).get("meta", {})
+    with capsys.disabled():
+        print(
+            f"\nhotplug bed: nested boot {meta.get('nested_boot_seconds')} s, detach {meta.get('detach_seconds')}, "
+            f"VM boot {hotplug_run.boot_seconds} s, wall {hotplug_run.wall_seconds} s"
+        )
+    assert meta.get("detach_seconds"), hotplug_run.scenario_problem("detach_live_completes")
