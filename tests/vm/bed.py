@@ -10,8 +10,9 @@
 
 How a run works:
   * QEMU (TCG: /dev/kvm is not usable on the project's machines) boots Debian's kernel fetched by
-    tests/vm/fetch-kernel.sh on a q35 machine with an emulated Intel IOMMU (`intel_iommu=on`), so the guest
-    kernel forms real IOMMU groups, binds real drivers and answers real VFIO ioctls.
+    tests/vm/fetch-kernel.sh on a q35 machine with an emulated Intel IOMMU (`intel_iommu=on`) or AMD's
+    (`Topology.iommu`, `amd_iommu=on`), so the guest kernel forms real IOMMU groups, binds real drivers and
+    answers real VFIO ioctls.
   * The host's `/` is exported read-only over 9p; the guest puts an overlay with a tmpfs upper layer on it and
     chroots into that, so the guest runs the host's Python, this checkout and its .venv at the same paths.
   * A per-run directory under .cache/vm/runs is exported read-write at the same path; the host writes the
@@ -37,7 +38,7 @@ import pytest
 
 from ci import missing_install
 from vm.initramfs import build_initramfs
-from vm.topology import Topology, placements, qemu_devices
+from vm.topology import Iommu, Topology, placements, qemu_devices
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 CACHE = CHECKOUT / ".cache" / "vm"
@@ -60,6 +61,12 @@ GUEST_MODULES = (
 )
 
 JsonDict = dict[str, Any]
+
+# The emulated IOMMU's -device and the kernel argument for it (Topology.iommu). Both remap interrupts, which
+# needs q35 with kernel-irqchip=split. amd_iommu=on is the argument AMD hosts' guides give; the kernel turns
+# AMD-Vi on from QEMU's IVRS table (tests/vm/test_vm_amd.py records what it logs).
+IOMMU_DEVICE = {Iommu.INTEL: "intel-iommu,intremap=on,caching-mode=on", Iommu.AMD: "amd-iommu,intremap=on"}
+IOMMU_CMDLINE = {Iommu.INTEL: "intel_iommu=on", Iommu.AMD: "amd_iommu=on"}
 
 
 @dataclass(frozen=True)
@@ -275,7 +282,7 @@ def run_in_vm(
         (out / "job.json").write_text(json.dumps(job, indent=2))
         (out / "job.sh").write_text(_job_script(kernel, out, script, args, modules))
         console = out / "console.log"
-        cmdline = " ".join([f"console=ttyS0 intel_iommu=on panic=-1 vmbed_out={out}", *append])
+        cmdline = " ".join([f"console=ttyS0 {IOMMU_CMDLINE[topology.iommu]} panic=-1 vmbed_out={out}", *append])
         command = [
             QEMU,
             "-nodefaults",
@@ -302,7 +309,7 @@ def run_in_vm(
             f"file:{console}",
             # The IOMMU goes first: QEMU wants it created before the PCI devices whose DMA it translates.
             "-device",
-            "intel-iommu,intremap=on,caching-mode=on",
+            IOMMU_DEVICE[topology.iommu],
             "-fsdev",
             "local,id=hostroot,path=/,readonly=on,security_model=none,multidevs=remap",
             "-device",
@@ -368,10 +375,11 @@ def session_run(
     timeout: float,
     modules: Sequence[str] = GUEST_MODULES,
     libvirt: bool = False,
+    args: Sequence[str] = (),
 ) -> Any:
-    """The session fixture every tests/vm/test_*.py file uses: boot `topology` once, run `guest_script` in it,
-    and hand each test the one VmResult. Skips with the reason where the bed cannot run here (in CI a missing
-    install step fails instead: tests/ci.py) or where QEMU cannot boot the bed's kernel.
+    """The session fixture every tests/vm/test_*.py file uses: boot `topology` once, run `guest_script args...`
+    in it, and hand each test the one VmResult. Skips with the reason where the bed cannot run here (in CI a
+    missing install step fails instead: tests/ci.py) or where QEMU cannot boot the bed's kernel.
 
         isogroup_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=900)
     """
@@ -379,7 +387,7 @@ def session_run(
     @pytest.fixture(scope="session")
     def run() -> VmResult:
         require_bed(libvirt=libvirt)
-        return boot(topology, guest_script, timeout=timeout, modules=modules)
+        return boot(topology, guest_script, args, timeout=timeout, modules=modules)
 
     return run
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from vm import guest_lib as g
 from vm import guest_libvirt as lv
+from vm.guest_desktop import fbcon_console, sound_nodes
 
 DOMAIN = "vmbed-hostdev"
 SECOND = "vmbed-second"  # asks for the sibling: same group as DOMAIN's hostdev
 GHOST = "vmbed-ghost"  # asks for a device the VM does not have
+DESKTOP = "desktop-gpu"  # asks for the display function; its HDA audio function shares the group
 ABSENT = "0000:7f:1f.7"
 HOOK_LOG = Path("/run/vmbed-hooks.log")
 # Records every hook call; reads the domain XML from stdin as libvirt expects, prints nothing to stdout.
@@ -122,6 +124,7 @@ def main() -> int:
             s.equal(hook_calls(), expected, "hook calls, in order, for the failed and the good start")
 
         isogroup_full_stack(job, rec, daemon, home, group, from_checkout(job))
+        desktop_full_stack(job, rec, home)
     finally:
         if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
             print(lv.Libvirtd.log_tail(), flush=True)
@@ -248,6 +251,49 @@ def isogroup_full_stack(
         mine = [c.split(" ", 1)[1] for c in calls if c.startswith(f"{DOMAIN} ")]
         good_start = ["prepare begin -", "start begin -", "started begin -", "stopped end -", "release end -"]
         s.equal(mine, good_start, f"{DOMAIN}: the whole start and stop")
+
+
+def desktop_full_stack(job: g.Job, rec: g.Recorder, home: g.PciState) -> None:
+    """The README's headline case through libvirt with isogroup installed: the display function asked for
+    managed='yes', its audio function on snd_hda_intel in the same group (tests/vm/guest_desktop.py does the
+    same with the hook alone)."""
+    vga, audio = job.bdf("gpu"), job.bdf("gpu-audio")
+    group = g.iommu_group(vga)
+    lv.define(DESKTOP, lv.domain_xml(DESKTOP, [vga]))
+
+    with rec.scenario("desktop_refused_while_console") as s:
+        vt, fbs = fbcon_console(vga)
+        s.check(vt is not None, f"the framebuffer console is on the display's {fbs}")
+        before = g.pci_state()
+        done = lv.virsh("start", DESKTOP, timeout=180)
+        s.check(done.returncode != 0, "virsh start fails")
+        line = hook_failure_line(done.stderr)
+        s.check(line.startswith(f"isogroup refused '{DESKTOP}': "), f"with isogroup's one line: {line!r}")
+        s.check("framebuffer console" in line, "naming the framebuffer console")
+        s.check(g.pci_state() == before, f"nothing moved {g.state_diff(before, g.pci_state())}")
+        s.equal(isogroup_status(from_checkout(job)), [], "the ledger is empty")
+
+    with rec.scenario("desktop_start_and_destroy") as s:
+        vt, _ = fbcon_console(vga)
+        if vt is not None:
+            (vt / "bind").write_text("0")
+        s.check(fbcon_console(vga)[0] is None, "the framebuffer console is unbound")
+        done = lv.virsh("start", DESKTOP, timeout=180)
+        if done.returncode != 0:
+            s.note(f"{done.stderr.strip()}\n{lv.qemu_log(DESKTOP)}")
+        s.check(done.returncode == 0, "virsh start succeeds")
+        s.equal(g.driver(vga), "vfio-pci", "libvirt moved the display")
+        s.equal(g.driver(audio), "vfio-pci", "isogroup moved the audio function")
+        (claim,) = isogroup_status(from_checkout(job))
+        devices = [(d["address"], d["original_driver"]) for d in claim["devices"]]  # type: ignore[attr-defined]
+        s.equal((claim["groups"], devices), ([group], [(audio, "snd_hda_intel")]), "the claim")
+        lv.virsh("destroy", DESKTOP, check=True)
+        s.check(g.wait_for(lambda: g.driver(audio) == "snd_hda_intel"), "release put snd_hda_intel back")
+        s.check(g.wait_for(lambda: bool(sound_nodes(audio)), timeout=30), "and its sound card is back")
+        s.check(g.wait_for(lambda: g.driver(vga) == "bochs-drm"), "libvirt gave the display back to bochs-drm")
+        back = g.wait_for(lambda: g.pci_state() == home, timeout=30)
+        s.check(back, f"every driver back, driver_override cleared {g.state_diff(home, g.pci_state())}")
+        s.equal(isogroup_status(from_checkout(job)), [], "the ledger is empty")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,31 @@ def build_initramfs(kernel_root: Path, version: str, busybox: Path, cache_dir: P
     Path(tmp).chmod(0o644)
     Path(tmp).replace(image)
     return image
+
+
+# The nested guest's whole OS (tests/vm/guest_hotplug_scenarios.py): the bed's kernel with this as its /init.
+# ACPI PCI hotplug (acpiphp) and the PCI core are built into Debian's kernel, so acknowledging a hot-unplug
+# needs no module and no userspace: init only says it is up and sleeps.
+IDLE_READY = "isogroup-nested: ready"
+IDLE_INIT_SCRIPT = f"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+echo "{IDLE_READY}"
+while :; do /bin/busybox sleep 3600; done
+"""
+
+
+def build_idle_initramfs(busybox: Path, dest: Path) -> Path:
+    """Writes an uncompressed initramfs holding only a static busybox and IDLE_INIT_SCRIPT as /init to `dest`."""
+    if not _is_static_elf(busybox):
+        raise RuntimeError(f"{busybox} is not a static x86_64 binary: install busybox-static")
+    cpio = _Cpio()
+    for d in ("bin", "dev", "proc", "sys"):
+        cpio.directory(d)
+    cpio.char_device("dev/console", 5, 1)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    cpio.file("init", IDLE_INIT_SCRIPT.encode(), 0o755)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(cpio.finish())
+    return dest

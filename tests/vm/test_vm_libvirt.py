@@ -2,7 +2,9 @@
 nested QEMU with a managed PCI hostdev whose IOMMU group has a sibling: first without isogroup (QEMU's "not
 viable"), then with isogroup installed by `isogroup install-hook` (the start succeeds, a second domain sharing
 the group is refused with isogroup's one line in virsh's error, destroy puts every driver back). One VM boot,
-each scenario of tests/vm/guest_libvirt_scenarios.py reported as its own test."""
+each scenario of tests/vm/guest_libvirt_scenarios.py reported as its own test. The same boot runs the README's
+headline case through libvirt (the display function of tests/vm/test_vm_desktop.py asked for, its audio
+function moved by the hook)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vm.bed import VmResult, session_run
+from vm.bed import GUEST_MODULES, VmResult, session_run
+from vm.test_vm_desktop import DESKTOP_AUDIO, DESKTOP_MODULES, DESKTOP_SLOT
 from vm.topology import Device, RootPort, Topology, slot
 
 pytestmark = pytest.mark.vm
@@ -19,7 +22,11 @@ GUEST_SCRIPT = Path(__file__).parent / "guest_libvirt_scenarios.py"
 
 TOPOLOGY = Topology(
     "libvirt",
-    (slot(RootPort("rp-lv", slot(Device("lv-e1000e", "e1000e"), Device("lv-virtio", "virtio-net-pci")))),),
+    (
+        slot(RootPort("rp-lv", slot(Device("lv-e1000e", "e1000e"), Device("lv-virtio", "virtio-net-pci")))),
+        DESKTOP_SLOT,
+    ),
+    extra_args=DESKTOP_AUDIO,
 )
 
 SCENARIOS = [
@@ -34,10 +41,13 @@ SCENARIOS = [
     "isogroup_refuses_absent_device",
     "isogroup_destroy_restores",
     "isogroup_hook_calls",
+    # The display function of a display + audio slot (tests/vm/test_vm_desktop.py).
+    "desktop_refused_while_console",
+    "desktop_start_and_destroy",
 ]
 
 
-libvirt_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=600, libvirt=True)
+libvirt_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=600, libvirt=True, modules=(*GUEST_MODULES, *DESKTOP_MODULES))
 
 
 def test_guest_script_completed(libvirt_run: VmResult) -> None:

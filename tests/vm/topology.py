@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 ROOT_FIRST_SLOT = 0x08
@@ -88,11 +89,23 @@ def slot(*functions: Function) -> Slot:
     return Slot(functions)
 
 
+class Iommu(StrEnum):
+    """The IOMMU QEMU emulates (on q35, with interrupt remapping) and the kernel argument that turns it on."""
+
+    INTEL = "intel"  # -device intel-iommu, intel_iommu=on
+    AMD = "amd"  # -device amd-iommu, amd_iommu=on: AMD-Vi, the IOMMU of AMD hosts
+
+
 @dataclass(frozen=True)
 class Topology:
+    """`extra_args`: QEMU arguments the slots cannot express (an audio backend and the HDA codec on a
+    controller's bus: `-audiodev none,id=X -device hda-output,bus=NAME.0,audiodev=X`)."""
+
     name: str
     slots: tuple[Slot, ...]
     memory_mib: int = 2048
+    iommu: Iommu = Iommu.INTEL
+    extra_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -194,4 +207,4 @@ def qemu_devices(topology: Topology, disk_dir: Path) -> QemuDevices:
                 "-device",
                 f"ide-hd,drive={drive},bus={function.name}.0,serial={drive}",
             ]
-    return QemuDevices(tuple(args), tuple(disks))
+    return QemuDevices((*args, *topology.extra_args), tuple(disks))
