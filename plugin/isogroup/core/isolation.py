@@ -13,7 +13,6 @@ groups themselves cannot contradict them. The command-line signal itself (acs-ov
 from __future__ import annotations
 
 from isogroup.core.address import PciAddress
-from isogroup.core.explain import explain
 from isogroup.core.model import Finding, HostTopology, PciFunction, UseCode
 
 
@@ -33,6 +32,9 @@ def acs_findings(host: HostTopology, address: PciAddress) -> list[Finding]:
     func = host.function(address)
     if func is None or func.iommu_group is None or not host.iommu or not _read_up_to_root(host, func):
         return []  # without the capabilities the model guesses from the groups: it cannot contradict them
+    # The explain package only here: the hook reads no capabilities, so a start never pays for importing it.
+    from isogroup.core.explain import explain  # noqa: PLC0415
+
     explanation = explain(host, address)
     if explanation.unknown_acs:
         return []
