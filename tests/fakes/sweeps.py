@@ -3,12 +3,14 @@ each of its writes in turn, on a fresh host each time."""
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fakes.hostfixtures import make_host
-from fakes.simkernel import Faults, KillAt, KillWhen, SimKernel
+from fakes.simkernel import FailNth, Faults, KillAt, KillWhen, SimKernel
 from isogroup.apply.transaction import Context
 
 
@@ -29,3 +31,17 @@ def killed_at_every_write(
         assert process.exitcode == -9, f"write {n}: the child was not killed (exit {process.exitcode})"
         sim.set_faults(Faults())
         yield root, sim, ctx
+
+
+# The errnos a sysfs write fails with in the fault sweeps: a driver that refuses (EBUSY), a device that left (ENODEV).
+SWEEP_ERRNOS = (errno.EBUSY, errno.ENODEV)
+
+
+@contextmanager
+def failing_at(sim: SimKernel, n: int, err: int) -> Iterator[None]:
+    """The simulated kernel fails its n-th write with `err` inside the block, and writes normally after it."""
+    sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
+    try:
+        yield
+    finally:
+        sim.set_faults(Faults())

@@ -3,7 +3,6 @@ through the same engine, ledger and refusals as a guest start, and under the sam
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from fakes.hostfixtures import (
     make_host,
     tree_digest,
 )
-from fakes.simkernel import FailNth, Faults, KillWhen, SimKernel
-from fakes.sweeps import killed_at_every_write
+from fakes.simkernel import KillWhen, SimKernel
+from fakes.sweeps import SWEEP_ERRNOS, failing_at, killed_at_every_write
 from isogroup.apply.reserve import reserve, unreserve
 from isogroup.apply.transaction import Context, Stage, prepare, recover, release
 from isogroup.cli.main import main
@@ -99,13 +98,11 @@ def test_a_failure_at_every_single_write_of_a_reservation_strands_nothing(tmp_pa
     total = _writes_of_a_clean_reservation(tmp_path)
     assert total >= 12  # 4 endpoints x (override, unbind, probe)
     for n in range(1, total + 1):
-        for err in (errno.EBUSY, errno.ENODEV):
+        for err in SWEEP_ERRNOS:
             root = tmp_path / f"w{n}-{err}"
             sim, ctx = make_host(root)
-            sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
-            with pytest.raises(HostError):
+            with failing_at(sim, n, err), pytest.raises(HostError):
                 reserve(ctx, [GROUP])
-            sim.set_faults(Faults())
             recover(ctx)
             assert_home(sim, root / "run")
 

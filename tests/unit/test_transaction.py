@@ -29,8 +29,8 @@ from fakes.hostfixtures import (
     make_host,
     tree_digest,
 )
-from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
-from fakes.sweeps import killed_at_every_write
+from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
+from fakes.sweeps import SWEEP_ERRNOS, failing_at, killed_at_every_write
 from isogroup.apply.deadline import Deadline
 from isogroup.apply.transaction import Context, Stage, prepare, reconnect, recover, release, release_groups
 from isogroup.core.claims import DeviceState, Phase
@@ -226,13 +226,11 @@ def test_a_failure_at_every_single_write_strands_nothing(tmp_path: Path) -> None
     total = _writes_of_a_clean_run(tmp_path)
     assert total >= 12  # 4 devices x (override, unbind, probe)
     for n in range(1, total + 1):
-        for err in (errno.EBUSY, errno.ENODEV):
+        for err in SWEEP_ERRNOS:
             root = tmp_path / f"w{n}-{err}"
             sim, host = make_host(root)
-            sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
-            with pytest.raises(HostError):
+            with failing_at(sim, n, err), pytest.raises(HostError):
                 prepare(host, parse_domain(domain_xml("g", GPU, SATA)), Stage.PREPARE)
-            sim.set_faults(Faults())
             # The rollback already restored this run's devices; libvirt's release after the failed start and a
             # recover find nothing left to do, and nothing is stranded.
             release(host, "g")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from fakes.simkernel import FailNth, FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
+from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
+from fakes.sweeps import SWEEP_ERRNOS, failing_at
 from isogroup.apply.deadline import Deadline
 from isogroup.apply.hotplug import attach_device, detach_device
 from isogroup.apply.transaction import Context, Stage, prepare, recover, release
@@ -454,13 +455,11 @@ def test_a_failure_at_every_write_of_an_attach_strands_nothing(tmp_path: Path, v
     total = _writes_of_an_attach(tmp_path / "probe", virt)
     assert total >= 6  # the sensor to vfio-pci (override, unbind, probe), and back after libvirt refused
     for n in range(1, total + 1):
-        for err in (errno.EBUSY, errno.ENODEV):
+        for err in SWEEP_ERRNOS:
             sim, host = _plain_with_its_nic(tmp_path / f"w{n}-{err}")
             before = visible(sim)
-            sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
-            with pytest.raises(HostError):
+            with failing_at(sim, n, err), pytest.raises(HostError):
                 attach_device(host, virt, "plain", hostdev(USB), "usb.xml")
-            sim.set_faults(Faults())
             # A device the undo could not put back is marked for recover alone; the running guest keeps its NIC.
             assert {d.state for c in claims(host) for d in c.devices if d.address != NIC} <= {
                 DeviceState.RESTORE_FAILED
@@ -506,12 +505,13 @@ def test_a_failure_at_every_write_of_a_detach_strands_nothing(tmp_path: Path, vi
     total = sim.write_count()
     assert total >= 3  # the sensor's override cleared, unbound from vfio-pci, probed
     for n in range(1, total + 1):
-        for err in (errno.EBUSY, errno.ENODEV):
+        for err in SWEEP_ERRNOS:
             sim, host = _sensor_claimed(tmp_path / f"w{n}-{err}")
-            sim.set_faults(Faults(fail_nth=(FailNth(n, err),)))
-            with pytest.raises(HostError, match="could not restore every device of IOMMU group"):
+            with (
+                failing_at(sim, n, err),
+                pytest.raises(HostError, match="could not restore every device of IOMMU group"),
+            ):
                 detach_device(host, virt, "plain", hostdev(USB), "usb.xml")
-            sim.set_faults(Faults())
             (left,) = claims(host)
             assert left.device(THERMAL) == MovedDevice(
                 THERMAL, 2, "intel_pch_thermal", None, DeviceState.RESTORE_FAILED
