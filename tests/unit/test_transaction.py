@@ -356,6 +356,22 @@ def test_the_hosts_policy_applies_at_prepare(tmp_path: Path) -> None:
     assert_home(sim, tmp_path / "run")
 
 
+def test_what_a_start_let_through_is_said_in_the_system_log(tmp_path: Path, logged: Lines) -> None:
+    from fakes.isolationtree import NIC1, shared_bus_nic
+    from fakes.probetree import address
+
+    sim, host = make_host(tmp_path, shared_bus_nic())
+    before = sim.driver(address(NIC1))
+    plan = prepare(host, parse_domain(domain_xml("g", address(NIC1))), Stage.PREPARE)
+    (warned,) = [n for n in plan.notes if n.use is not None]
+    assert warned.subject == "warning [reset-shared]"
+    assert f"g: prepare warning [reset-shared]: {warned.message}" in logged.lines
+    # A note that is no warning (nothing let through) is the report's, not the log's.
+    assert not [line for line in logged.lines if "warning" in line and "reset-shared" not in line]
+    release(host, "g")
+    assert sim.driver(address(NIC1)) == before and not host.ledger.read_all_unlocked()
+
+
 def test_a_failed_hot_unplug_restore_is_retried_alone_never_the_running_guests_other_groups(tmp_path: Path) -> None:
     sim, host = make_host(tmp_path)
     prepare(host, parse_domain(domain_xml("g", GPU, SATA)), Stage.PREPARE)  # groups 1 and 3, still running

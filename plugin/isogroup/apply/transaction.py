@@ -153,7 +153,7 @@ def prepare(ctx: Context, domain: DomainSpec, stage: Stage) -> DomainPlan:
             raise domain_plan.refused()
         # A successful hook's stderr reaches nobody: what the policy let through is said in the system log.
         for note in domain_plan.notes:
-            if note.subject.startswith("warning"):
+            if note.use is not None:
                 log.warning("%s: %s %s: %s", domain.name, stage.value, note.subject, note.message)
         if domain_plan.groups:
             apply_plan(ctx, session, domain, domain_plan, topology=topology, stage=stage)

@@ -75,6 +75,9 @@ class Note:
 
     subject: str
     message: str
+    # The host use a warning let through (the policy allowed it, or nobody could tell without root); the start
+    # logs such a note to the system log, where a successful hook's stderr would reach nobody.
+    use: UseCode | None = None
 
 
 @dataclass(frozen=True)

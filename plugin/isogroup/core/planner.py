@@ -183,10 +183,18 @@ def _apply_policy(
             problems.append(blocked)
         for finding in (*host.findings_for(func.address), *derived.get(func.address, ())):
             if finding.code.unknown and not unknown_refuses:
-                notes.append(Note(f"warning [{finding.code.value}]", f"{finding.message} (run as root for a verdict)"))
+                notes.append(
+                    Note(
+                        f"warning [{finding.code.value}]",
+                        f"{finding.message} (run as root for a verdict)",
+                        use=finding.code,
+                    )
+                )
                 continue
             if policy.probe_action(finding.code) is ProbeAction.WARN or policy.allow.matches(func):
-                notes.append(Note(f"warning [{finding.code.value}]", f"{finding.message} (allowed by policy)"))
+                notes.append(
+                    Note(f"warning [{finding.code.value}]", f"{finding.message} (allowed by policy)", use=finding.code)
+                )
                 continue
             problems.append(
                 Problem(
