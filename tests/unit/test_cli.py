@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from clirun import run
 from fakes.simkernel import config_space
 from isogroup import __version__
 from isogroup.cli.main import main
@@ -23,16 +24,6 @@ from testpaths import SAMPLES
 HOSTS = SAMPLES / "hosts"
 DOMAINS = SAMPLES / "domains"
 DESKTOP = HOSTS / "desktop-gpu.json"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """main() in-process; a usage error's SystemExit becomes its code."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = int(exc.code) if isinstance(exc.code, int) else -1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> None:

@@ -8,17 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from isogroup.cli.main import main
+from clirun import run
 from testpaths import SAMPLES
 
 HOSTS = SAMPLES / "hosts"
 DOMAINS = SAMPLES / "domains"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_fleet_json_names_the_hosts_each_domain_runs_on(capsys: pytest.CaptureFixture[str]) -> None:

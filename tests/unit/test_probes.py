@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from clirun import run
 from fakes.hostfixtures import domain_xml
 from fakes.probetree import AHCI, DGPU, NIC, NIC2, PF, HostTree, address, workstation
-from isogroup.cli.main import main
 from isogroup.core.address import PciAddress
 from isogroup.core.model import UseCode
 from isogroup.formats import snapshot
@@ -29,15 +29,6 @@ from isogroup.host.probes.base import Unreadable
 from isogroup.host.sysfs import Sysfs
 
 NOBODY = 65534
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = int(exc.code) if isinstance(exc.code, int) else -1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from lxml import etree
 
 from ci import needs_install
-from isogroup.cli.main import main
+from clirun import run
 from isogroup.errors import ExitCode, InputError
 from isogroup.formats.schema import find_domain_schema, load_schema, schema_version, validate_domain, validate_tree
 from isogroup.formats.xml import parse_xml
@@ -36,12 +36,6 @@ GOOD = """<domain type='kvm'>
   </devices>
 </domain>
 """
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @needs_schema

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from clirun import run as run_cli
 from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
 from fakes.sweeps import SWEEP_ERRNOS, failing_at
 from isogroup.apply.deadline import Deadline
@@ -372,14 +373,6 @@ def test_a_device_without_pci_plans_nothing() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    from isogroup.cli.main import main
-
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(

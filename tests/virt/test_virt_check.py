@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from isogroup.cli.main import main
+from clirun import run
 from isogroup.core.claims import Claim, Phase
 from isogroup.errors import ExitCode, InputError
 from isogroup.host.ledger import Ledger
@@ -22,15 +22,6 @@ from testpaths import PLUGIN, SAMPLES
 URI = f"test://{SAMPLES / 'libvirt' / 'desktop-gpu.xml'}"
 HOST = SAMPLES / "hosts" / "desktop-gpu.json"
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = int(exc.code) if isinstance(exc.code, int) else -1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check(capsys: pytest.CaptureFixture[str], ledger: Path, *argv: str) -> tuple[int, str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clirun import run
 from isogroup.cli.main import main
 from isogroup.core.address import PciAddress
 from isogroup.core.claims import Claim, DeviceState, MovedDevice, Phase
@@ -26,9 +27,7 @@ THERMAL = PciAddress.parse("0000:00:14.2")
 
 
 def status(capsys: pytest.CaptureFixture[str], ledger: Path, *argv: str | Path) -> tuple[int, str, str]:
-    code = main(["status", "--libvirt", "-c", URI, "--ledger", str(ledger), *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run(capsys, "status", "--libvirt", "-c", URI, "--ledger", ledger, *argv)
 
 
 def claim(ledger: Path, *claims: Claim) -> None:
