@@ -78,6 +78,11 @@ def dumps(topology: HostTopology) -> str:
     return json.dumps(to_json(topology), indent=2) + "\n"
 
 
+# The hex fields' grammars, by width: IDs (vendor, device) and the class code; a subsystem's vendor:device pair.
+_HEX = {digits: re.compile(f"[0-9a-f]{{{digits}}}") for digits in (4, 6)}
+_IDS = re.compile("[0-9a-f]{4}:[0-9a-f]{4}")
+
+
 class _Reader:
     """Typed access to one JSON object, with errors that name the field."""
 
@@ -100,12 +105,21 @@ class _Reader:
             raise InputError(f"{self.where}: {key!r} has the wrong type")
         return value
 
+    # Each accessor takes the exact JSON type at once (a snapshot of 4,096 functions reads some 80,000 fields);
+    # anything else goes through `_get`, which accepts nothing more and says what is wrong.
+
     def text(self, key: str) -> str:
+        value = self.obj.get(key)
+        if type(value) is str:
+            return value
         value = self._get(key, (str,), optional=False)
         assert isinstance(value, str)
         return value
 
     def opt_text(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None or type(value) is str:
+            return value
         value = self._get(key, (str,), optional=True)
         return value if isinstance(value, str) else None
 
@@ -123,16 +137,22 @@ class _Reader:
         return name
 
     def flag(self, key: str) -> bool:
+        value = self.obj.get(key)
+        if type(value) is bool:
+            return value
         value = self._get(key, (bool,), optional=False)
         return value is True
 
     def opt_int(self, key: str) -> int | None:
+        value = self.obj.get(key)
+        if value is None or type(value) is int:  # exactly int: a bool is not a number here
+            return value
         value = self._get(key, (int,), optional=True)
         return value if isinstance(value, int) else None
 
     def hex(self, key: str, digits: int) -> int:
         text = self.text(key)
-        if not re.fullmatch(f"[0-9a-f]{{{digits}}}", text):
+        if not _HEX[digits].fullmatch(text):
             raise InputError(f"{self.where}: {key!r} must be {digits} lower-case hex digits")
         return int(text, 16)
 
@@ -140,7 +160,7 @@ class _Reader:
         text = self.opt_text(key)
         if text is None:
             return None
-        if not re.fullmatch("[0-9a-f]{4}:[0-9a-f]{4}", text):
+        if not _IDS.fullmatch(text):
             raise InputError(f"{self.where}: {key!r} must be vvvv:dddd in lower-case hex")
         return int(text[:4], 16), int(text[5:], 16)
 
