@@ -178,6 +178,26 @@ def state_diff(before: PciState, after: PciState) -> list[str]:
     ]
 
 
+def put_home(home: PciState) -> None:
+    """Best effort after a failed scenario, so that one failure does not fail the scenarios after it: every
+    function still present that is not as in `home` goes back to its recorded driver and driver_override with
+    plain sysfs writes (unbind, driver_override, drivers_probe). Prints what it changes, what it could not,
+    and what is still not as in `home`."""
+    for bdf, (drv, override) in home.items():
+        if device_dir(bdf).exists() and (driver(bdf), driver_override(bdf)) != (drv, override):
+            print(f"reset: {bdf} is {(driver(bdf), driver_override(bdf))}, was {(drv, override)}", flush=True)
+            try:
+                unbind(bdf)
+                (device_dir(bdf) / "driver_override").write_text(override or "\n")
+                if drv is not None:
+                    (PCI / "drivers_probe").write_text(bdf)
+            except OSError as exc:
+                print(f"reset: {bdf}: {exc}", flush=True)
+    left = state_diff(home, pci_state())
+    if left:
+        print(f"reset: still not home: {left}", flush=True)
+
+
 def net_interfaces(bdf: str) -> list[str]:
     """Network interfaces of the device: net/ directly (e1000e) or under its virtio child (virtio-net)."""
     d = device_dir(bdf)
