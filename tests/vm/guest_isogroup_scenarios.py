@@ -836,14 +836,7 @@ def main() -> int:
     g.wait_for(lambda: all(g.net_interfaces(job.bdf(n)) for n in job.models if job.models[n] == "virtio-net-pci"))
     home = g.pci_state()
     rec.meta("home_overrides", sorted(bdf for bdf, (_, o) in home.items() if o is not None))
-    ctx = Ctx(job, rec, home)
-    started = time.monotonic()
-    for name in job.args or tuple(SCENARIOS):
-        with rec.scenario(name) as s:
-            SCENARIOS[name](ctx, s)
-        if not rec.data["scenarios"][name]["ok"]:
-            reset(ctx)
-    rec.meta("scenarios_seconds", round(time.monotonic() - started, 1))
+    rec.run(SCENARIOS, Ctx(job, rec, home), job.args, reset=reset)
     return 0
 
 

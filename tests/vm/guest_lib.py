@@ -16,11 +16,11 @@ import struct
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 PCI = Path("/sys/bus/pci")
 IOMMU_GROUPS = Path("/sys/kernel/iommu_groups")
@@ -47,6 +47,9 @@ VFIO_GROUP_FLAGS_CONTAINER_SET = 1 << 1
 PciState = dict[str, tuple[str | None, str | None]]
 
 _BDF = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
+
+# What a guest script's scenarios take besides their Scenario: the Job, or the script's own context.
+C = TypeVar("C")
 
 
 # --------------------------------------------------------------------------------------------------- the job
@@ -333,3 +336,22 @@ class Recorder:
             "seconds": round(time.monotonic() - start, 2),
         }
         self._save()
+
+    def run(
+        self,
+        scenarios: Mapping[str, Callable[[C, Scenario], None]],
+        ctx: C,
+        wanted: Sequence[str] = (),
+        *,
+        reset: Callable[[C], None] | None = None,
+    ) -> None:
+        """Runs the scenarios named in `wanted` (every one, in order, when it is empty: the job's args), each
+        recorded by scenario(); after one that failed, `reset(ctx)` puts the machine back for the next. The
+        time they took together is meta scenarios_seconds."""
+        started = time.monotonic()
+        for name in wanted or tuple(scenarios):
+            with self.scenario(name) as s:
+                scenarios[name](ctx, s)
+            if reset is not None and not self.data["scenarios"][name]["ok"]:
+                reset(ctx)
+        self.meta("scenarios_seconds", round(time.monotonic() - started, 1))

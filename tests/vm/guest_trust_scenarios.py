@@ -613,13 +613,7 @@ def main() -> int:
         started = time.monotonic()
         daemon.start()
         rec.meta("libvirtd_start_seconds", round(time.monotonic() - started, 1))
-        started = time.monotonic()
-        for name in job.args or tuple(SCENARIOS):
-            with rec.scenario(name) as s:
-                SCENARIOS[name](ctx, s)
-            if not rec.data["scenarios"][name]["ok"]:
-                reset(ctx)
-        rec.meta("scenarios_seconds", round(time.monotonic() - started, 1))
+        rec.run(SCENARIOS, ctx, job.args, reset=reset)
     finally:
         if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
             print(lv.Libvirtd.log_tail(), flush=True)
