@@ -337,6 +337,10 @@ class Recorder:
         }
         self._save()
 
+    def failed(self) -> bool:
+        """Whether a scenario recorded so far failed."""
+        return not all(r["ok"] for r in self.data["scenarios"].values())
+
     def run(
         self,
         scenarios: Mapping[str, Callable[[C, Scenario], None]],

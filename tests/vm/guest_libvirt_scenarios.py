@@ -126,9 +126,7 @@ def main() -> int:
         isogroup_full_stack(job, rec, daemon, home, group, from_checkout(job))
         desktop_full_stack(job, rec, home)
     finally:
-        if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
-            print(lv.Libvirtd.log_tail(), flush=True)
-        daemon.stop()
+        daemon.stop_after(rec)
     return 0
 
 

@@ -615,9 +615,7 @@ def main() -> int:
         rec.meta("libvirtd_start_seconds", round(time.monotonic() - started, 1))
         rec.run(SCENARIOS, ctx, job.args, reset=reset)
     finally:
-        if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
-            print(lv.Libvirtd.log_tail(), flush=True)
-        daemon.stop()
+        daemon.stop_after(rec)
     return 0
 
 
