@@ -376,10 +376,12 @@ def session_run(
     modules: Sequence[str] = GUEST_MODULES,
     libvirt: bool = False,
     args: Sequence[str] = (),
+    append: Sequence[str] = (),
 ) -> Any:
-    """The session fixture every tests/vm/test_*.py file uses: boot `topology` once, run `guest_script args...`
-    in it, and hand each test the one VmResult. Skips with the reason where the bed cannot run here (in CI a
-    missing install step fails instead: tests/ci.py) or where QEMU cannot boot the bed's kernel.
+    """The session fixture every tests/vm/test_*.py file uses: boot `topology` once (`append`: words added to
+    the guest kernel's command line), run `guest_script args...` in it, and hand each test the one VmResult.
+    Skips with the reason where the bed cannot run here (in CI a missing install step fails instead:
+    tests/ci.py) or where QEMU cannot boot the bed's kernel.
 
         isogroup_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=900)
     """
@@ -387,7 +389,7 @@ def session_run(
     @pytest.fixture(scope="session")
     def run() -> VmResult:
         require_bed(libvirt=libvirt)
-        return boot(topology, guest_script, args, timeout=timeout, modules=modules)
+        return boot(topology, guest_script, args, timeout=timeout, modules=modules, append=append)
 
     return run
 
@@ -408,10 +410,11 @@ def boot(
     *,
     timeout: float,
     modules: Sequence[str] = GUEST_MODULES,
+    append: Sequence[str] = (),
 ) -> VmResult:
     """run_in_vm for a fixture (after require_bed): skips where QEMU cannot boot the bed's kernel here. For a
     fixture that must prepare something first (tests/vm/test_vm_deb.py builds the .deb); others use session_run."""
-    result = run_in_vm(topology, guest_script, args, timeout=timeout, modules=modules)
+    result = run_in_vm(topology, guest_script, args, timeout=timeout, modules=modules, append=append)
     if not result.booted:
         pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
     return result

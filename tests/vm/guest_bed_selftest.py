@@ -130,11 +130,7 @@ SCENARIOS = {
 
 def main() -> int:
     job = g.load_job()
-    recorder = g.Recorder(job.out)
-    wanted = job.args or tuple(SCENARIOS)
-    for name in wanted:
-        with recorder.scenario(name) as s:
-            SCENARIOS[name](job, s)
+    g.Recorder(job.out).run(SCENARIOS, job, job.args)
     return 0
 
 

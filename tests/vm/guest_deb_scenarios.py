@@ -134,9 +134,7 @@ def main() -> int:
             s.equal(g.restore_host_driver(sibling), "virtio-pci", "sibling restored by hand")
             s.check(g.wait_for(lambda: g.pci_state() == home), f"every driver home {g.state_diff(home, g.pci_state())}")
     finally:
-        if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
-            print(lv.Libvirtd.log_tail(), flush=True)
-        daemon.stop()
+        daemon.stop_after(rec)
     return 0
 
 

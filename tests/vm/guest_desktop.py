@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -181,14 +180,7 @@ def main() -> int:
     rec = g.Recorder(job.out)
     # snd_hda_intel probes its codecs asynchronously: wait for the card before taking the reference state.
     g.wait_for(lambda: bool(sound_nodes(job.bdf("gpu-audio"))), timeout=30)
-    ctx = scn.Ctx(job, rec, g.pci_state())
-    started = time.monotonic()
-    for name in job.args or tuple(SCENARIOS):
-        with rec.scenario(name) as s:
-            SCENARIOS[name](ctx, s)
-        if not rec.data["scenarios"][name]["ok"]:
-            scn.reset(ctx)
-    rec.meta("scenarios_seconds", round(time.monotonic() - started, 1))
+    rec.run(SCENARIOS, scn.Ctx(job, rec, g.pci_state()), job.args, reset=scn.reset)
     return 0
 
 

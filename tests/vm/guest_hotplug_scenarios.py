@@ -267,9 +267,7 @@ def main() -> int:
             s.check(source_of(nic) not in dumpxml("hp3", "--inactive"), "the definition no longer has the NIC")
             s.equal(claims(job), [], "no claim")
     finally:
-        if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
-            print(lv.Libvirtd.log_tail(), flush=True)
-        daemon.stop()
+        daemon.stop_after(rec)
     return 0
 
 

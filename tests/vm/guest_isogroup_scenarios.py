@@ -826,19 +826,7 @@ def reset(ctx: Ctx) -> None:
     for mnt in ctx.mounts:
         g.run(["umount", "-l", str(mnt)], check=False)
     ctx.mounts.clear()
-    for bdf, (drv, override) in ctx.home.items():
-        if g.device_dir(bdf).exists() and (g.driver(bdf), g.driver_override(bdf)) != (drv, override):
-            print(f"reset: {bdf} is {(g.driver(bdf), g.driver_override(bdf))}, was {(drv, override)}", flush=True)
-            try:
-                g.unbind(bdf)
-                (g.device_dir(bdf) / "driver_override").write_text(override or "\n")
-                if drv is not None:
-                    (g.PCI / "drivers_probe").write_text(bdf)
-            except OSError as exc:
-                print(f"reset: {bdf}: {exc}", flush=True)
-    left = g.state_diff(ctx.home, g.pci_state())
-    if left:
-        print(f"reset: still not home: {left}", flush=True)
+    g.put_home(ctx.home)
 
 
 def main() -> int:
@@ -848,14 +836,7 @@ def main() -> int:
     g.wait_for(lambda: all(g.net_interfaces(job.bdf(n)) for n in job.models if job.models[n] == "virtio-net-pci"))
     home = g.pci_state()
     rec.meta("home_overrides", sorted(bdf for bdf, (_, o) in home.items() if o is not None))
-    ctx = Ctx(job, rec, home)
-    started = time.monotonic()
-    for name in job.args or tuple(SCENARIOS):
-        with rec.scenario(name) as s:
-            SCENARIOS[name](ctx, s)
-        if not rec.data["scenarios"][name]["ok"]:
-            reset(ctx)
-    rec.meta("scenarios_seconds", round(time.monotonic() - started, 1))
+    rec.run(SCENARIOS, Ctx(job, rec, home), job.args, reset=reset)
     return 0
 
 

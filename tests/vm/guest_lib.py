@@ -16,11 +16,11 @@ import struct
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 PCI = Path("/sys/bus/pci")
 IOMMU_GROUPS = Path("/sys/kernel/iommu_groups")
@@ -47,6 +47,9 @@ VFIO_GROUP_FLAGS_CONTAINER_SET = 1 << 1
 PciState = dict[str, tuple[str | None, str | None]]
 
 _BDF = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
+
+# What a guest script's scenarios take besides their Scenario: the Job, or the script's own context.
+C = TypeVar("C")
 
 
 # --------------------------------------------------------------------------------------------------- the job
@@ -176,6 +179,26 @@ def state_diff(before: PciState, after: PciState) -> list[str]:
         for bdf in sorted(set(before) | set(after))
         if before.get(bdf) != after.get(bdf)
     ]
+
+
+def put_home(home: PciState) -> None:
+    """Best effort after a failed scenario, so that one failure does not fail the scenarios after it: every
+    function still present that is not as in `home` goes back to its recorded driver and driver_override with
+    plain sysfs writes (unbind, driver_override, drivers_probe). Prints what it changes, what it could not,
+    and what is still not as in `home`."""
+    for bdf, (drv, override) in home.items():
+        if device_dir(bdf).exists() and (driver(bdf), driver_override(bdf)) != (drv, override):
+            print(f"reset: {bdf} is {(driver(bdf), driver_override(bdf))}, was {(drv, override)}", flush=True)
+            try:
+                unbind(bdf)
+                (device_dir(bdf) / "driver_override").write_text(override or "\n")
+                if drv is not None:
+                    (PCI / "drivers_probe").write_text(bdf)
+            except OSError as exc:
+                print(f"reset: {bdf}: {exc}", flush=True)
+    left = state_diff(home, pci_state())
+    if left:
+        print(f"reset: still not home: {left}", flush=True)
 
 
 def net_interfaces(bdf: str) -> list[str]:
@@ -313,3 +336,26 @@ class Recorder:
             "seconds": round(time.monotonic() - start, 2),
         }
         self._save()
+
+    def failed(self) -> bool:
+        """Whether a scenario recorded so far failed."""
+        return not all(r["ok"] for r in self.data["scenarios"].values())
+
+    def run(
+        self,
+        scenarios: Mapping[str, Callable[[C, Scenario], None]],
+        ctx: C,
+        wanted: Sequence[str] = (),
+        *,
+        reset: Callable[[C], None] | None = None,
+    ) -> None:
+        """Runs the scenarios named in `wanted` (every one, in order, when it is empty: the job's args), each
+        recorded by scenario(); after one that failed, `reset(ctx)` puts the machine back for the next. The
+        time they took together is meta scenarios_seconds."""
+        started = time.monotonic()
+        for name in wanted or tuple(scenarios):
+            with self.scenario(name) as s:
+                scenarios[name](ctx, s)
+            if reset is not None and not self.data["scenarios"][name]["ok"]:
+                reset(ctx)
+        self.meta("scenarios_seconds", round(time.monotonic() - started, 1))

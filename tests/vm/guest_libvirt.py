@@ -133,6 +133,13 @@ class Libvirtd:
         self.stop()
         self.start()
 
+    def stop_after(self, rec: g.Recorder) -> None:
+        """The end of a guest script's run: when a scenario failed, the daemon's log tail goes to the script's
+        output first (the host's failure message shows that output); then the daemon stops."""
+        if rec.failed():
+            print(self.log_tail(), flush=True)
+        self.stop()
+
     @staticmethod
     def log_tail(lines: int = 60) -> str:
         text = ""

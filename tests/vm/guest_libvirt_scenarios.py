@@ -99,13 +99,7 @@ def main() -> int:
 
         with rec.scenario("hostdev_viable_after_sibling_bound") as s:
             s.equal(g.bind_vfio(sibling), "vfio-pci", "sibling bound to vfio-pci by hand")
-            start = time.monotonic()
-            done = lv.virsh("start", DOMAIN, timeout=180)
-            rec.meta("start_seconds", round(time.monotonic() - start, 1))
-            if done.returncode != 0:
-                s.note(f"{done.stderr.strip()}\n{lv.qemu_log(DOMAIN)}")
-            s.check(done.returncode == 0, "virsh start succeeds")
-            s.equal(lv.domain_state(DOMAIN), "running", "domain running")
+            start_domain(s, rec, "start_seconds", "virsh start succeeds")
             s.equal(g.driver(nic), "vfio-pci", "libvirt bound the hostdev to vfio-pci")
             start = time.monotonic()
             lv.virsh("destroy", DOMAIN, check=True)
@@ -126,9 +120,7 @@ def main() -> int:
         isogroup_full_stack(job, rec, daemon, home, group, from_checkout(job))
         desktop_full_stack(job, rec, home)
     finally:
-        if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
-            print(lv.Libvirtd.log_tail(), flush=True)
-        daemon.stop()
+        daemon.stop_after(rec)
     return 0
 
 
@@ -144,6 +136,18 @@ def daemon_starts(job: g.Job, rec: g.Recorder, daemon: lv.Libvirtd, *, hook_log:
         s.note(lv.virsh("version").stdout.strip())
         lv.define(DOMAIN, lv.domain_xml(DOMAIN, [job.bdf("lv-e1000e")]))
         s.equal(lv.domain_state(DOMAIN), "shut off", "domain defined")
+
+
+def start_domain(s: g.Scenario, rec: g.Recorder, meta: str, what: str) -> None:
+    """virsh start DOMAIN, its time recorded as meta `meta`; checks `what` (it succeeded, with QEMU's log in the
+    scenario's on failure) and that the domain runs."""
+    start = time.monotonic()
+    done = lv.virsh("start", DOMAIN, timeout=180)
+    rec.meta(meta, round(time.monotonic() - start, 1))
+    if done.returncode != 0:
+        s.note(f"{done.stderr.strip()}\n{lv.qemu_log(DOMAIN)}")
+    s.check(done.returncode == 0, what)
+    s.equal(lv.domain_state(DOMAIN), "running", "domain running")
 
 
 def hostdev_not_viable(job: g.Job, rec: g.Recorder) -> None:
@@ -179,13 +183,7 @@ def isogroup_full_stack(
 
     with rec.scenario("isogroup_start_succeeds") as s:
         s.equal(g.driver(sibling), "virtio-pci", "the sibling is on its host driver (the start failed this way)")
-        start = time.monotonic()
-        done = lv.virsh("start", DOMAIN, timeout=180)
-        rec.meta("isogroup_start_seconds", round(time.monotonic() - start, 1))
-        if done.returncode != 0:
-            s.note(f"{done.stderr.strip()}\n{lv.qemu_log(DOMAIN)}")
-        s.check(done.returncode == 0, "virsh start succeeds with isogroup")
-        s.equal(lv.domain_state(DOMAIN), "running", "domain running")
+        start_domain(s, rec, "isogroup_start_seconds", "virsh start succeeds with isogroup")
         s.equal(g.driver(nic), "vfio-pci", "libvirt bound the hostdev to vfio-pci")
         s.equal(g.driver(sibling), "vfio-pci", "isogroup moved the sibling to vfio-pci")
         claims = isogroup_status(isogroup)

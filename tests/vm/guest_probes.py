@@ -333,11 +333,8 @@ SCENARIOS: dict[str, Callable[[Ctx, g.Scenario], None]] = {
 def main() -> int:
     job = g.load_job()
     ctx = Ctx(job, g.Recorder(job.out))
-    wanted = job.args or tuple(SCENARIOS)
     try:
-        for name in wanted:
-            with ctx.rec.scenario(name) as s:
-                SCENARIOS[name](ctx, s)
+        ctx.rec.run(SCENARIOS, ctx, job.args)
     finally:
         for proc in ctx.spawned:
             if proc.poll() is None:

@@ -591,16 +591,7 @@ def reset(ctx: Ctx) -> None:
         lv.virsh("destroy", name, check=False)
     shutil.rmtree(LEDGER, ignore_errors=True)
     POLICY.unlink(missing_ok=True)
-    for bdf, (drv, override) in ctx.home.items():
-        if g.device_dir(bdf).exists() and (g.driver(bdf), g.driver_override(bdf)) != (drv, override):
-            print(f"reset: {bdf} is {(g.driver(bdf), g.driver_override(bdf))}, was {(drv, override)}", flush=True)
-            try:
-                g.unbind(bdf)
-                (g.device_dir(bdf) / "driver_override").write_text(override or "\n")
-                if drv is not None:
-                    (g.PCI / "drivers_probe").write_text(bdf)
-            except OSError as exc:
-                print(f"reset: {bdf}: {exc}", flush=True)
+    g.put_home(ctx.home)
 
 
 def main() -> int:
@@ -622,17 +613,9 @@ def main() -> int:
         started = time.monotonic()
         daemon.start()
         rec.meta("libvirtd_start_seconds", round(time.monotonic() - started, 1))
-        started = time.monotonic()
-        for name in job.args or tuple(SCENARIOS):
-            with rec.scenario(name) as s:
-                SCENARIOS[name](ctx, s)
-            if not rec.data["scenarios"][name]["ok"]:
-                reset(ctx)
-        rec.meta("scenarios_seconds", round(time.monotonic() - started, 1))
+        rec.run(SCENARIOS, ctx, job.args, reset=reset)
     finally:
-        if rec.data["scenarios"] and not all(r["ok"] for r in rec.data["scenarios"].values()):
-            print(lv.Libvirtd.log_tail(), flush=True)
-        daemon.stop()
+        daemon.stop_after(rec)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.bed import VmResult, run_in_vm, unavailable_reason
+from vm.bed import VmResult, session_run
 from vm.topology import Device, PcieToPciBridge, RootPort, Topology, slot
 
 pytestmark = pytest.mark.vm
@@ -44,15 +44,7 @@ SCENARIOS = ["reset", "cmdline", "power", "framebuffer"]
 APPEND = ("vga=0x318", "modprobe.blacklist=bochs", "pcie_acs_override=downstream,multifunction")
 
 
-@pytest.fixture(scope="session")
-def isolation_run() -> VmResult:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    result = run_in_vm(TOPOLOGY, GUEST_SCRIPT, timeout=600, append=APPEND)
-    if not result.booted:
-        pytest.skip(f"QEMU could not boot the bed's kernel here:\n{result.describe()}")
-    return result
+isolation_run = session_run(TOPOLOGY, GUEST_SCRIPT, timeout=600, append=APPEND)
 
 
 def test_guest_script_completed(isolation_run: VmResult) -> None:
