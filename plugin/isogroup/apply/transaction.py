@@ -254,8 +254,9 @@ def _verify(ctx: Context, guest: str, domain_plan: DomainPlan, stage: Stage) -> 
         libvirt_pending = stage is not Stage.START and any(m.action is Action.LIBVIRT for m in group_plan.members)
         blockers = []
         for name in members:
-            member = planned.get(PciAddress.parse(name))
-            driver = ctx.kernel.link_name(Sysfs.device(PciAddress.parse(name), "driver"))
+            address = PciAddress.parse(name)
+            member = planned.get(address)
+            driver = ctx.kernel.link_name(Sysfs.device(address, "driver"))
             if member is None:
                 blockers.append(f"{name} joined the group")
             elif not is_viable_driver(driver) and not (libvirt_pending and member.action is Action.LIBVIRT):

@@ -35,6 +35,22 @@ class PciAddress:
         match = _BDF.match(text.strip())
         if not match:
             raise InputError(f"{text!r} is not a PCI address (expected DDDD:BB:SS.F, e.g. 0000:01:00.0)")
+        return cls._of(match)
+
+    @classmethod
+    def parse_or_none(cls, text: str) -> PciAddress | None:
+        """What `parse` returns, or None where it would refuse: for names that are mostly not addresses (a
+        bridge's sysfs directory holds its attributes beside its children), without building an error each."""
+        match = _BDF.match(text.strip())
+        if not match:
+            return None
+        try:
+            return cls._of(match)
+        except InputError:  # a slot past 0x1f
+            return None
+
+    @classmethod
+    def _of(cls, match: re.Match[str]) -> PciAddress:
         return cls(
             int(match["domain"] or "0", 16),
             int(match["bus"], 16),

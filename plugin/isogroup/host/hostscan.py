@@ -8,7 +8,6 @@ from dataclasses import replace
 from isogroup.core.address import PciAddress
 from isogroup.core.kernel.configspace import CONFIG_SPACE_SIZE, parse_capabilities
 from isogroup.core.model import Finding, Header, HostTopology, IommuGroup, PciFunction
-from isogroup.errors import InputError
 from isogroup.host.probes.base import ProbeSeams
 from isogroup.host.sysfs import IOMMU_GROUPS, PCI_DEVICES, Sysfs
 
@@ -101,11 +100,15 @@ def _settle_resets(sysfs: Sysfs, functions: dict[PciAddress, PciFunction]) -> No
 _MAX_NEIGHBOURS = 1024
 
 
-def _bus_neighbours(sysfs: Sysfs, address: PciAddress) -> set[PciAddress]:
-    """Every function a secondary bus reset of `address`'s bus reaches: the functions below its parent bridge,
-    recursively (a bridge's sysfs directory holds the devices on its secondary bus). Empty on a root bus, which
-    has no bridge to reset it."""
-    parent = _parse_or_none(sysfs.resolve(Sysfs.device(address)).parent.name)
+def _parent_bridge(sysfs: Sysfs, address: PciAddress) -> PciAddress | None:
+    """The bridge whose secondary bus `address` is on; None on a root bus."""
+    return _parse_or_none(sysfs.resolve(Sysfs.device(address)).parent.name)
+
+
+def _below(sysfs: Sysfs, parent: PciAddress | None) -> set[PciAddress]:
+    """Every function a secondary bus reset below `parent` reaches: the functions below it, recursively (a
+    bridge's sysfs directory holds the devices on its secondary bus). Empty on a root bus (`parent` None),
+    which has no bridge to reset it."""
     if parent is None:
         return set()
     found: set[PciAddress] = set()
@@ -121,12 +124,7 @@ def _bus_neighbours(sysfs: Sysfs, address: PciAddress) -> set[PciAddress]:
 
 
 def _parse_or_none(name: str | None) -> PciAddress | None:
-    if name is None:
-        return None
-    try:
-        return PciAddress.parse(name)
-    except InputError:
-        return None
+    return PciAddress.parse_or_none(name) if name is not None else None
 
 
 def _read_groups(sysfs: Sysfs, numbers: Iterable[str]) -> list[IommuGroup]:
@@ -165,8 +163,13 @@ def read_topology(
         addresses.update(group.members)
     if scope is not None:
         # What a bus reset of a device leaving its driver reaches, and whether the host uses it (core.reset).
+        # Siblings share their bridge: each bridge's subtree is listed once.
+        reached: dict[PciAddress | None, set[PciAddress]] = {}
         for address in sorted(addresses):
-            addresses.update(_bus_neighbours(sysfs, address))
+            parent = _parent_bridge(sysfs, address)
+            if parent not in reached:
+                reached[parent] = _below(sysfs, parent)
+            addresses.update(reached[parent])
     functions = {a: f for a in addresses if (f := read_function(sysfs, a, capabilities=capabilities)) is not None}
     # A VF's PF decides whether the VF may move (its own use); read it too.
     for func in list(functions.values()):
