@@ -39,6 +39,12 @@ class Sysfs:
         self.root = Path(root)
         self.dev = Path(dev) if dev is not None else None
         self.live = live
+        # Attribute paths are joined as strings: a prepare reads and writes a few hundred of them, and building
+        # a Path for each cost more than the reads themselves under emulation (tests/vm prepare_overhead).
+        self._prefix = os.fspath(self.root).rstrip("/")
+
+    def _path(self, rel: str) -> str:
+        return f"{self._prefix}/{rel}"
 
     @classmethod
     def live_host(cls) -> Sysfs:
@@ -50,14 +56,14 @@ class Sysfs:
     def read(self, rel: str) -> str | None:
         """An attribute's value without its trailing newline; None when it does not exist or cannot be read."""
         try:
-            with open(self.root / rel, "rb") as f:
+            with open(self._path(rel), "rb") as f:
                 return f.read().decode("utf-8", "replace").rstrip("\n")
         except OSError:
             return None
 
     def read_bytes(self, rel: str, limit: int) -> bytes | None:
         try:
-            with open(self.root / rel, "rb") as f:
+            with open(self._path(rel), "rb") as f:
                 return f.read(limit)
         except OSError:
             return None
@@ -65,35 +71,35 @@ class Sysfs:
     def link_name(self, rel: str) -> str | None:
         """The last component of a symlink's target (`driver` -> `e1000e`); None when there is no link."""
         try:
-            return os.path.basename(os.readlink(self.root / rel))
+            return os.path.basename(os.readlink(self._path(rel)))
         except OSError:
             return None
 
     def resolve(self, rel: str) -> Path:
-        return (self.root / rel).resolve()
+        return Path(os.path.realpath(self._path(rel)))
 
     def listdir(self, rel: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.root / rel))
+            return sorted(os.listdir(self._path(rel)))
         except OSError:
             return []
 
     def exists(self, rel: str) -> bool:
-        return os.path.lexists(self.root / rel)
+        return os.path.lexists(self._path(rel))
 
     def write(self, rel: str, value: str) -> None:
         """One write(2) of `value`, as the kernel expects for an attribute; errors become HostError."""
         try:
-            fd = os.open(self.root / rel, os.O_WRONLY)
+            fd = os.open(self._path(rel), os.O_WRONLY)
         except OSError as exc:
             raise HostError(
-                f"cannot open {self.root / rel}: {os.strerror(exc.errno or errno.EIO)}", errno=exc.errno
+                f"cannot open {self._path(rel)}: {os.strerror(exc.errno or errno.EIO)}", errno=exc.errno
             ) from exc
         try:
             os.write(fd, value.encode())
         except OSError as exc:
             raise HostError(
-                f"writing {value.strip()!r} to {self.root / rel} failed: {os.strerror(exc.errno or 0)}",
+                f"writing {value.strip()!r} to {self._path(rel)} failed: {os.strerror(exc.errno or 0)}",
                 errno=exc.errno,
             ) from exc
         finally:
