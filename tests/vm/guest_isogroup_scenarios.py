@@ -704,7 +704,8 @@ def prepare_overhead(ctx: Ctx, s: g.Scenario) -> None:
     iso = fresh(ctx)
     dom = Domain(iso, "bench", [nic])
     plain = Domain(iso, "bench-plain", [])
-    host = Context(Sysfs(Path("/sys")), Ledger(iso.ledger))
+    # The live host's seams, as the hook builds them (uevents for binds, /dev/vfio/N for the viability ioctl).
+    host = Context(Sysfs.live_host(), Ledger(iso.ledger))
     spec = parse_domain(dom.xml.encode(), origin="bench")
     move_script = _SHELL_MOVE.format(devices=" ".join(siblings))
     restore_script = _SHELL_RESTORE.format(devices=" ".join(siblings))
