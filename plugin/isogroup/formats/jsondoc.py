@@ -61,8 +61,10 @@ def check_depth(data: bytes, max_depth: int) -> None:
     # everything but quotes and brackets, then the strings, brackets inside them included.
     # Most documents have no backslash at all, and the search for one is far cheaper than the two copies.
     unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
-    # Strings without brackets inside leave `""`: removing adjacent quote pairs at C speed first keeps every
-    # remaining quote's place in its pair (an even number goes before it), so the regex is left little to do.
+    # Strings without brackets inside leave `""`: removing adjacent quote pairs at C speed first leaves the regex
+    # little to do. Each remaining quote keeps its place in its pair (an even number before it went), so the
+    # skeleton is the same; with an odd number of quotes (a string never closed) only the wording of the refusal
+    # may differ.
     skeleton = _STRING.sub(b"", unescaped.translate(None, _NOT_STRUCTURE).replace(b'""', b""))
     opens = skeleton.count(b"[") + skeleton.count(b"{")
     if opens * 2 != len(skeleton):  # cheap first: a megabyte of "[" is refused without a pass per level
