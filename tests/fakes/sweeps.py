@@ -15,15 +15,20 @@ from isogroup.apply.transaction import Context
 
 
 def killed_at_every_write(
-    tmp_path: Path, total: int, when: KillWhen, child: Callable[[str], None]
+    tmp_path: Path,
+    total: int,
+    when: KillWhen,
+    child: Callable[[str], None],
+    *,
+    host: Callable[[Path], tuple[SimKernel, Context]] = make_host,
 ) -> Iterator[tuple[Path, SimKernel, Context]]:
-    """For n in 1..total: a fresh host under tmp_path/kN, `child(root)` run in a forked process and killed at
-    write n (`when` it happens); yields (root, sim, ctx) with the faults cleared, for the caller to recover and
-    assert that nothing is stranded."""
+    """For n in 1..total: a fresh host under tmp_path/kN (built by `host`), `child(root)` run in a forked
+    process and killed at write n (`when` it happens); yields (root, sim, ctx) with the faults cleared, for the
+    caller to recover and assert that nothing is stranded."""
     fork = multiprocessing.get_context("fork")
     for n in range(1, total + 1):
         root = tmp_path / f"k{n}"
-        sim, ctx = make_host(root)
+        sim, ctx = host(root)
         sim.set_faults(Faults(kill=(KillAt(n, when),)))
         process = fork.Process(target=child, args=(str(root),))
         process.start()

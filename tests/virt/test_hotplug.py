@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pytest
 
 from clirun import run as run_cli
 from fakes.simkernel import FailPath, Faults, KillAt, KillWhen, NeverBind, SimKernel
-from fakes.sweeps import SWEEP_ERRNOS, failing_at
+from fakes.sweeps import SWEEP_ERRNOS, failing_at, killed_at_every_write
 from isogroup.apply.deadline import Deadline
 from isogroup.apply.hotplug import attach_device, detach_device
 from isogroup.apply.transaction import Context, Stage, prepare, recover, release
@@ -462,18 +462,22 @@ def test_a_failure_at_every_write_of_an_attach_strands_nothing(tmp_path: Path, v
             assert visible(sim) == before, f"write {n}"
 
 
+def _exec(script: str) -> Callable[[str], None]:
+    """A kill sweep's child that runs `script ROOT URI DEVICE` in a fresh interpreter (exec in the forked
+    process): libvirt's connection is opened there, never inherited across a fork."""
+
+    def child(root: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        os.execve(sys.executable, [sys.executable, "-c", script, root, URI, hostdev(USB).decode()], env)
+
+    return child
+
+
 @pytest.mark.parametrize("when", list(KillWhen))
 def test_a_sigkill_at_every_write_of_an_attach_strands_nothing(tmp_path: Path, virt: Virt, when: KillWhen) -> None:
     total = _writes_of_an_attach(tmp_path / "probe", virt)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    for n in range(1, total + 1):
-        root = tmp_path / f"k{n}"
-        sim, host = _plain_with_its_nic(root)
-        sim.set_faults(Faults(kill=(KillAt(n, when),)))
-        args = [sys.executable, "-c", KILLED_ATTACH, str(root), URI, hostdev(USB).decode()]
-        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False, timeout=60)
-        assert done.returncode == -signal.SIGKILL, f"write {n}: {done.stderr}"
-        sim.set_faults(Faults())
+    for root, sim, host in killed_at_every_write(tmp_path, total, when, _exec(KILLED_ATTACH), host=_plain_with_its_nic):
+        n = root.name
         # The next run, of any guest, never takes the running guest's claim for a dead start ...
         prepare(host, DomainSpec("another", None, ()), Stage.PREPARE)
         (claim,) = claims(host)
@@ -518,15 +522,8 @@ KILLED_DETACH = KILLED_ATTACH.replace("attach_device", "detach_device")
 
 @pytest.mark.parametrize("when", list(KillWhen))
 def test_a_sigkill_at_every_write_of_a_detach_strands_nothing(tmp_path: Path, virt: Virt, when: KillWhen) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    for n in range(1, 4):
-        root = tmp_path / f"k{n}"
-        sim, host = _sensor_claimed(root)
-        sim.set_faults(Faults(kill=(KillAt(n, when),)))
-        args = [sys.executable, "-c", KILLED_DETACH, str(root), URI, hostdev(USB).decode()]
-        done = subprocess.run(args, env=env, capture_output=True, text=True, check=False, timeout=60)
-        assert done.returncode == -signal.SIGKILL, f"write {n}: {done.stderr}"
-        sim.set_faults(Faults())
+    for root, sim, host in killed_at_every_write(tmp_path, 3, when, _exec(KILLED_DETACH), host=_sensor_claimed):
+        n = root.name
         assert [c.groups for c in claims(host)] == [(2,)], f"write {n}"
         # What detach-device's message says to do: run it again.
         assert detach_device(host, virt, "plain", hostdev(USB), "usb.xml") == (2,)
